@@ -1,0 +1,234 @@
+"""refold IR -> ONNX. Unchanged parts are written back as they were read; core-dialect nodes are
+lowered to the model's opset on the way out (the IR itself is not changed)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import onnx
+from onnx import AttributeProto as AP
+
+from refold.errors import UnsupportedError
+from refold.frontends.onnx_import import restore_defaults, type_to_proto
+from refold.ir.graph import CORE, Graph, Model, Node, Value
+from refold.ir.tensor import Tensor
+
+TensorSink = Callable[[str, Tensor], onnx.TensorProto]
+
+
+def inline_tensor(name: str, tensor: Tensor) -> onnx.TensorProto:
+    """A TensorProto holding the data inline; the imported proto itself when unchanged."""
+    if tensor.proto is not None:
+        if tensor.proto.name == name:
+            return tensor.proto
+        t = onnx.TensorProto()
+        t.CopyFrom(tensor.proto)
+        t.name = name
+        return t
+    from onnx import numpy_helper
+
+    arr = tensor.numpy()
+    t = numpy_helper.from_array(arr, name)
+    if t.data_type != int(tensor.dtype):  # e.g. bf16 held as ml_dtypes
+        t.data_type = int(tensor.dtype)
+    return t
+
+
+def to_onnx(model: Model, sink: TensorSink = inline_tensor) -> onnx.ModelProto:
+    """Export a Model; ``sink`` decides how each tensor is stored (inline, or external on save)."""
+    ctx = _Exporter(model, sink)
+    graph = ctx.graph(model.graph)
+    m = onnx.ModelProto()
+    if model.extra.get("model"):
+        m.MergeFromString(model.extra["model"])
+    m.ir_version = model.ir_version
+    for dom, ver in ctx.opsets.items():
+        o = m.opset_import.add()
+        o.domain, o.version = dom, ver
+    if model.producer_name:
+        m.producer_name = model.producer_name
+    if model.producer_version:
+        m.producer_version = model.producer_version
+    if model.domain:
+        m.domain = model.domain
+    if model.model_version:
+        m.model_version = model.model_version
+    if model.doc_string:
+        m.doc_string = model.doc_string
+    for k, v in model.metadata_props.items():
+        p = m.metadata_props.add()
+        p.key, p.value = k, v
+    restore_defaults(m, model.extra.get("defaults", ()))
+    m.graph.CopyFrom(graph)
+    m.functions.extend(model.functions)
+    return m
+
+
+def value_info(v: Value, *, as_output: bool = False) -> onnx.ValueInfoProto:
+    vi = onnx.ValueInfoProto(name=v.name)
+    kept = v.meta.get("onnx.type")
+    if kept is not None and kept[1] == v.dtype and kept[2] == v.shape:
+        vi.type.CopyFrom(kept[0])
+    elif v.meta.get("onnx.untyped") and v.dtype is None and v.shape is None:
+        pass
+    elif as_output and v.meta.get("onnx.output_untyped"):
+        pass
+    elif v.dtype is not None or v.shape is not None:
+        vi.type.CopyFrom(type_to_proto(v.dtype, v.shape))
+    doc = v.meta.get("output_doc_string" if as_output else "doc_string")
+    if doc:
+        vi.doc_string = doc
+    restore_defaults(vi, v.meta.get("onnx.defaults", ()))
+    if v.meta.get("onnx.value_info_extra"):
+        vi.MergeFromString(v.meta["onnx.value_info_extra"])
+    return vi
+
+
+class _Exporter:
+    def __init__(self, model: Model, sink: TensorSink):
+        self.model = model
+        self.sink = sink
+        self.opsets = dict(model.opset_imports)
+
+    def require_opset(self, domain: str, version: int) -> None:
+        if domain not in self.opsets:
+            self.opsets[domain] = version
+
+    def graph(self, g: Graph) -> onnx.GraphProto:
+        gp = onnx.GraphProto()
+        if g.meta.get("onnx.graph_extra"):
+            gp.MergeFromString(g.meta["onnx.graph_extra"])
+        gp.name = g.name
+        if g.doc_string:
+            gp.doc_string = g.doc_string
+        input_ids = {id(v) for v in g.inputs}
+        for v in g.inputs:
+            gp.input.append(value_info(v))
+        pending = []  # constants written back as Constant nodes, in original order
+        for v in g.initializers.values():
+            if "onnx.constant_node" in v.meta and id(v) not in input_ids:
+                pending.append(v)
+            else:
+                gp.initializer.append(self.sink(v.name, v.const))
+        for v in g.meta.get("onnx.sparse_initializers", []):
+            gp.sparse_initializer.append(v.meta["onnx.sparse"])
+        pending.sort(key=lambda v: v.meta["onnx.constant_node"].get("index", -1))
+        pending_ids = {id(v): v for v in pending}
+        emitted: set[int] = set()
+
+        def emit_const(v: Value) -> None:
+            if id(v) in emitted:
+                return
+            emitted.add(id(v))
+            info = v.meta["onnx.constant_node"]
+            if info["attr"] == "value":
+                t = self.sink(info["tensor_name"], v.const)
+                attr = onnx.helper.make_attribute("value", t)
+            else:
+                arr = v.const.numpy()
+                val = arr.tolist()
+                attr = onnx.helper.make_attribute(info["attr"], val)
+            n = gp.node.add(op_type="Constant", output=[v.name])
+            if info["name"]:
+                n.name = info["name"]
+            n.attribute.append(attr)
+            if info["doc_string"]:
+                n.doc_string = info["doc_string"]
+            restore_defaults(n, info.get("defaults", ()))
+
+        queue = list(pending)
+        for node in g:
+            idx = node.meta.get("onnx.index")
+            while queue and idx is not None and queue[0].meta["onnx.constant_node"].get("index", -1) < idx:
+                emit_const(queue.pop(0))
+            for v in _reads(node):
+                if id(v) in pending_ids:
+                    emit_const(v)
+            if node.domain == CORE:
+                from refold.frontends.onnx_lower import lower_core_node
+
+                gp.node.extend(lower_core_node(node, self))
+            else:
+                gp.node.append(self.node(node))
+        for v in queue:
+            emit_const(v)
+        for v in g.outputs:
+            if id(v) in pending_ids:
+                emit_const(v)
+            gp.output.append(value_info(v, as_output=True))
+        out_ids = {id(v) for v in g.outputs}
+        seen = set()
+        typed = {}
+        for node in g:
+            for v in node.outputs:
+                if v.kind != "omitted" and id(v) not in out_ids and (v.dtype is not None or v.shape is not None):
+                    typed[v.name] = v
+        for name in g.meta.get("onnx.value_info_order", []):
+            v = typed.get(name)
+            if v is not None:
+                gp.value_info.append(value_info(v))
+                seen.add(name)
+        for name, v in typed.items():
+            if name not in seen:
+                gp.value_info.append(value_info(v))
+        gp.value_info.extend(g.meta.get("onnx.value_info_orphans", []))
+        restore_defaults(gp, g.meta.get("onnx.defaults", ()))
+        return gp
+
+    def node(self, node: Node) -> onnx.NodeProto:
+        n = onnx.NodeProto()
+        if node.meta.get("onnx.node_extra"):
+            n.MergeFromString(node.meta["onnx.node_extra"])
+        n.op_type = node.op
+        if node.domain:
+            n.domain = node.domain
+        if node.name:
+            n.name = node.name
+        if node.overload:
+            n.overload = node.overload
+        n.input.extend("" if v is None else v.name for v in node.inputs)
+        n.output.extend(v.name for v in node.outputs)
+        raw = node.meta.get("onnx.raw_attrs", {})
+        tensor_names = node.meta.get("onnx.attr_tensor_names", {})
+        for name, val in node.attrs.items():
+            r = raw.get(name)
+            if r is not None and (r.ref_attr_name or r.type in (AP.SPARSE_TENSOR, AP.SPARSE_TENSORS,
+                                                              AP.TYPE_PROTO, AP.TYPE_PROTOS, AP.TENSORS)):
+                n.attribute.append(r)
+                continue
+            n.attribute.append(self.attribute(name, val, node.attr_types.get(name),
+                                              tensor_names.get(name, ""),
+                                              r.doc_string if r is not None else None))
+        if node.meta.get("doc_string"):
+            n.doc_string = node.meta["doc_string"]
+        for k, v in node.meta.get("metadata_props", {}).items():
+            p = n.metadata_props.add()
+            p.key, p.value = k, v
+        restore_defaults(n, node.meta.get("onnx.defaults", ()))
+        return n
+
+    def attribute(self, name, val, attr_type, tensor_name, doc) -> onnx.AttributeProto:
+        if isinstance(val, Graph):
+            return onnx.helper.make_attribute(name, self.graph(val), doc)
+        if isinstance(val, list) and val and isinstance(val[0], Graph):
+            return onnx.helper.make_attribute(name, [self.graph(x) for x in val], doc)
+        if isinstance(val, Tensor):
+            return onnx.helper.make_attribute(name, self.sink(tensor_name, val), doc)
+        try:
+            return onnx.helper.make_attribute(name, val, doc, attr_type=attr_type)
+        except (TypeError, ValueError) as e:
+            raise UnsupportedError(f"attribute '{name}': cannot write {type(val).__name__} to "
+                                   f"ONNX ({e})") from None
+
+
+def _reads(node: Node):
+    """Values a node reads, including reads from inside its subgraphs."""
+    for v in node.inputs:
+        if v is not None:
+            yield v
+    for g in node.subgraphs():
+        for sub in g.all_nodes():
+            for v in sub.inputs:
+                if v is not None:
+                    yield v
+        for v in g.outputs:
+            yield v
