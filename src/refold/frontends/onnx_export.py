@@ -146,7 +146,10 @@ class _Exporter:
             if node.domain == CORE:
                 from refold.frontends.onnx_lower import lower_core_node
 
-                gp.node.extend(lower_core_node(node, self))
+                protos = lower_core_node(node, self)
+                for p in protos:
+                    _stamp_provenance(p, node)
+                gp.node.extend(protos)
             else:
                 gp.node.append(self.node(node))
         for v in queue:
@@ -203,6 +206,7 @@ class _Exporter:
         for k, v in node.meta.get("metadata_props", {}).items():
             p = n.metadata_props.add()
             p.key, p.value = k, v
+        _stamp_provenance(n, node)
         restore_defaults(n, node.meta.get("onnx.defaults", ()))
         return n
 
@@ -218,6 +222,16 @@ class _Exporter:
         except (TypeError, ValueError) as e:
             raise UnsupportedError(f"attribute '{name}': cannot write {type(val).__name__} to "
                                    f"ONNX ({e})") from None
+
+
+def _stamp_provenance(proto: onnx.NodeProto, node: Node) -> None:
+    """Write which rule made a node, and from what, into its metadata (refold diff reads it)."""
+    prov = node.meta.get("provenance")
+    if not prov or node.meta.get("metadata_props", {}).get("refold.rule") == prov["rule"]:
+        return
+    for k, v in (("refold.rule", prov["rule"]), ("refold.sources", ",".join(prov["sources"]))):
+        p = proto.metadata_props.add()
+        p.key, p.value = k, v
 
 
 def _reads(node: Node):

@@ -397,6 +397,19 @@ class Graph:
             if o is old:
                 self.outputs[i] = ident.outputs[0]
 
+    def replace_op(self, node: Node, op: str, inputs: Sequence[Value | None], attrs: dict, *,
+                   domain: str = "", meta: dict | None = None) -> Node:
+        """Swap ``node`` for a new node that takes over its output Values (names, types, uses)."""
+        new = Node(op, inputs, attrs, domain=domain, name=node.name, outputs=[],
+                   meta={**node.meta, **(meta or {})})
+        new.outputs = node.outputs
+        for v in new.outputs:
+            v.producer = new
+        node.outputs = []
+        self.insert_before(node, new)
+        self.remove(node, force=True)
+        return new
+
     def sort(self) -> bool:
         """Topologically sort nodes, keeping the current order where it is already valid.
 

@@ -1,0 +1,77 @@
+"""Shape inference: onnx's shape inference (with data propagation) over the exported graph, results
+copied back onto the IR's values. Known dims are never replaced by unknown ones."""
+from __future__ import annotations
+
+import onnx
+
+from refold.frontends.onnx_export import inline_tensor, to_onnx
+from refold.frontends.onnx_import import type_from_proto
+from refold.ir.graph import Model, Value
+from refold.ir.tensor import Tensor
+from refold.passes.base import Pass, PassResult
+
+_INLINE_LIMIT = 4096  # tensors above this are passed to onnx as type-only stubs (no data copied)
+
+
+def _stub_sink(name: str, t: Tensor) -> onnx.TensorProto:
+    if t.nbytes <= _INLINE_LIMIT:
+        return inline_tensor(name, t)
+    stub = onnx.TensorProto(name=name, data_type=int(t.dtype), dims=t.shape)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    e = stub.external_data.add()
+    e.key, e.value = "location", "refold-shape-stub"
+    return stub
+
+
+def _merge(v: Value, dtype, shape) -> bool:
+    changed = False
+    if dtype is not None and v.dtype is None:
+        v.dtype, changed = dtype, True
+    if shape is not None:
+        if v.shape is None or len(v.shape) != len(shape):
+            if v.shape is None:
+                v.shape, changed = shape, True
+        else:
+            merged = tuple(a if isinstance(a, int) and a >= 0 else (b if b is not None else a)
+                           for a, b in zip(v.shape, shape))
+            if merged != v.shape:
+                v.shape, changed = merged, True
+    return changed
+
+
+def infer_shapes(model: Model) -> int:
+    """Fill in dtypes and shapes; returns how many values gained information."""
+    proto = to_onnx(model, _stub_sink)
+    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    found: dict[str, tuple] = {}
+
+    def collect(gp):
+        for vi in list(gp.value_info) + list(gp.output):
+            found[vi.name] = type_from_proto(vi.type)
+        for n in gp.node:
+            for a in n.attribute:
+                if a.HasField("g"):
+                    collect(a.g)
+                for sg in a.graphs:
+                    collect(sg)
+
+    collect(inferred.graph)
+    changed = 0
+    for g in model.graph.all_graphs():
+        for n in g:
+            for v in n.outputs:
+                if v.kind != "omitted" and v.name in found:
+                    changed += _merge(v, *found[v.name])
+    return changed
+
+
+class InferShapes(Pass):
+    name = "infer-shapes"
+    description = "fill in value dtypes and shapes with onnx shape inference (data propagation on)"
+
+    def call(self, model: Model) -> PassResult:
+        try:
+            n = infer_shapes(model)
+        except onnx.shape_inference.InferenceError as e:
+            return PassResult(model, False, {"error": str(e).splitlines()[0][:200]})
+        return PassResult(model, n > 0, {"values_typed": n})
