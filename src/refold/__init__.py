@@ -1,1 +1,19 @@
-"""refold."""
+"""refold: compiler-style graph rewriting for neural networks.
+
+One IR for ONNX files and PyTorch programs, passes written once against it, each checked
+numerically against the graph before it.
+
+>>> import refold
+>>> proto, report = refold.optimize(refold.example_path())
+>>> print(report.format())  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from refold.api import example_path, load, optimize, save
+from refold.errors import RefoldError
+from refold.ir.dtypes import DType
+from refold.ir.graph import Graph, Model, Node, Value
+
+__version__ = "0.1.0"
+__all__ = ["load", "save", "optimize", "example_path", "RefoldError", "DType", "Graph", "Model",
+           "Node", "Value", "__version__"]

@@ -1,0 +1,88 @@
+"""The Python entry points: load, save, optimize."""
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+from refold.errors import UnsupportedError, UsageError
+from refold.ir.graph import Model
+from refold.passes import Pass, PassManager, Report, get_pass
+
+DEFAULT_PIPELINE = ("infer-shapes", "fold-constants", "cse", "dce")
+EXAMPLES = os.path.join(os.path.dirname(__file__), "examples")
+
+
+def example_path(name: str = "tiny_cnn") -> str:
+    """Path of a model bundled with refold (``refold run example:tiny_cnn`` uses it)."""
+    path = os.path.join(EXAMPLES, f"{name}.onnx")
+    if not os.path.exists(path):
+        have = sorted(f[:-5] for f in os.listdir(EXAMPLES) if f.endswith(".onnx"))
+        raise UsageError(f"no bundled example '{name}'; have {have}")
+    return path
+
+
+def resolve_path(src: str) -> str:
+    return example_path(src.split(":", 1)[1]) if src.startswith("example:") else src
+
+
+def load(src: Any, example_inputs: Any = None) -> Model:
+    """Load a model into refold IR.
+
+    >>> m = load(example_path())           # an ONNX path or ModelProto
+    >>> m.opset >= 13
+    True
+    """
+    import onnx
+
+    if isinstance(src, Model):
+        return src
+    if isinstance(src, (str, os.PathLike)):
+        path = resolve_path(os.fspath(src))
+        if path.endswith((".pt", ".pt2", ".pth")):
+            from refold.frontends.torch_import import load_torch_file  # the torch frontend
+
+            return load_torch_file(path, example_inputs)
+        from refold.frontends.onnx_import import load_onnx
+
+        return load_onnx(path)
+    if isinstance(src, onnx.ModelProto):
+        from refold.frontends.onnx_import import load_onnx
+
+        return load_onnx(src)
+    raise UnsupportedError(f"refold.load: cannot load a {type(src).__name__} (PyTorch input comes "
+                           f"with the torch frontend)")
+
+
+def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
+         check: bool = True) -> None:
+    """Write an IR model to an ONNX file atomically (see ``refold.frontends.onnx_save``)."""
+    from refold.frontends.onnx_save import save_onnx
+
+    save_onnx(model, path, external_data=external_data, check=check)
+
+
+def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass] | None = None, *,
+             check: bool = True, atol: float = 1e-4, rtol: float = 1e-4, probe=None,
+             dims: dict[str, int] | None = None) -> tuple[Any, Report]:
+    """Run passes and give back the same kind of thing: an ``onnx.ModelProto`` for ONNX input.
+
+    ``passes`` are names from ``refold passes`` or Pass instances; None runs the default pipeline
+    (shape inference, constant folding, CSE, DCE); ``[]`` runs nothing. With ``check`` every pass
+    is compared numerically with the graph before it on probe inputs.
+
+    >>> proto, report = optimize(example_path(), passes=["fold-constants", "dce"])
+    >>> report.passes[0].name
+    'fold-constants'
+    """
+    ir = load(model, example_inputs)
+    names = DEFAULT_PIPELINE if passes is None else passes
+    pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol,
+                     probe=probe, dims=dims)
+    report = pm.run(ir)
+    if ir.source == "onnx":
+        from refold.frontends.onnx_export import to_onnx
+
+        return to_onnx(ir), report
+    from refold.frontends.torch_export import to_graph_module  # the torch frontend
+
+    return to_graph_module(ir), report

@@ -1,0 +1,175 @@
+"""The ``refold`` command line.
+
+Exit codes: 0 ok, 2 usage, 3 invalid or unreadable model, 4 unsupported construct (or a pass that
+failed its check), 5 refused for security, 6 output not writable, 130 interrupted, 143 terminated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import traceback
+
+from refold import errors
+from refold.errors import RefoldError, Terminated, UsageError
+
+EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid or unreadable model, 4 unsupported construct or "
+          "failed pass check, 5 refused for security, 6 output not writable, 130 interrupted, "
+          "143 terminated")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="refold", description="Graph rewriting for neural networks: show, rewrite "
+                "and check ONNX models.", epilog=EPILOG)
+    p.add_argument("--debug", action="store_true", help="print a traceback on errors")
+    p.add_argument("--version", action="version", version="refold 0.1.0")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
+
+    s = sub.add_parser("show", help="summarize a model: interface, op histogram, parameters",
+                       description="Summarize a model. MODEL is an ONNX path or example:NAME.",
+                       epilog=EPILOG)
+    s.add_argument("model", metavar="MODEL")
+    s.add_argument("--graph", action="store_true", help="also print the text IR, one line per node")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    r = sub.add_parser("run", help="run passes on a model and write the result",
+                       description="Run passes in order, verifying the graph and checking outputs "
+                       "numerically after each, then write OUT atomically.", epilog=EPILOG)
+    r.add_argument("model", metavar="MODEL")
+    r.add_argument("-p", "--pass", dest="passes", action="append", metavar="PASS",
+                   help="a pass from `refold passes` (repeatable; default: infer-shapes, "
+                        "fold-constants, cse, dce)")
+    r.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the model")
+    r.add_argument("--no-check", action="store_true", help="skip the numeric check")
+    r.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")
+    r.add_argument("--rtol", type=float, default=1e-4, help="relative tolerance (default 1e-4)")
+    r.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="value for a symbolic input dim in probe inputs (default 1)")
+    r.add_argument("--check-limit-mb", type=float, default=512,
+                   help="skip the numeric check above this many MiB of weights (default 512)")
+    r.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
+                   help="store weights in a .data file beside OUT (auto: if the input did, or if "
+                        "over 1.8 GB)")
+    r.add_argument("--json", metavar="FILE", help="also write the per-pass report as JSON")
+    r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    ps = sub.add_parser("passes", help="list the passes with a one-line description",
+                        description="List the passes refold can run.", epilog=EPILOG)
+    ps.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def cmd_show(args) -> int:
+    from refold.api import load
+    from refold.inspect.summary import format_summary, summarize
+    from refold.ir.printer import format_model
+
+    m = load(args.model)
+    s = summarize(m)
+    if args.json:
+        print(json.dumps(s, indent=2))
+    else:
+        print(format_summary(s))
+    if args.graph:
+        print()
+        print(format_model(m))
+    return 0
+
+
+def _dims(specs: list[str]) -> dict[str, int]:
+    out = {}
+    for spec in specs:
+        name, sep, val = spec.rpartition("=")
+        if not sep or not name or not val.lstrip("-").isdigit():
+            raise UsageError(f"--dim expects NAME=N, got '{spec}'")
+        out[name] = int(val)
+    return out
+
+
+def cmd_run(args) -> int:
+    from refold.api import DEFAULT_PIPELINE, load, resolve_path
+    from refold.frontends.onnx_save import save_onnx
+    from refold.passes import PassManager, get_pass
+
+    passes = [get_pass(p) for p in (args.passes or DEFAULT_PIPELINE)]
+    dims = _dims(args.dim)
+    model = load(args.model)
+    pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
+                     check_limit_bytes=int(args.check_limit_mb * 2**20))
+    report = pm.run(model)
+    ext = {"auto": None, "yes": True, "no": False}[args.external_data]
+    save_onnx(model, args.output, external_data=ext)
+    print(f"{resolve_path(args.model)} -> {args.output}")
+    print(report.format())
+    if args.json:
+        tmp = args.json + ".refold-tmp"
+        with open(tmp, "w") as f:
+            json.dump(report.to_dict(), f, indent=2, default=str)
+        os.replace(tmp, args.json)
+    return 0
+
+
+def cmd_passes(args) -> int:
+    from refold.passes import PASSES
+
+    width = max(len(n) for n in PASSES)
+    for name, cls in sorted(PASSES.items()):
+        print(f"{name:<{width}}  {cls.description}")
+    return 0
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    old = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    try:
+        args = _parser().parse_args(argv)
+        if args.cmd is None:
+            _parser().print_help()
+            return errors.EXIT_USAGE
+        return {"show": cmd_show, "run": cmd_run, "passes": cmd_passes}[args.cmd](args)
+    except RefoldError as e:
+        if debug:
+            traceback.print_exc()
+        print(f"refold: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("refold: interrupted; nothing was written", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
+    except Terminated:
+        print("refold: terminated; nothing was written", file=sys.stderr)
+        return errors.EXIT_TERMINATED
+    except MemoryError:
+        print("refold: error: out of memory", file=sys.stderr)
+        return errors.EXIT_INVALID
+    except Exception as e:  # a bug in refold: still one line unless --debug
+        if debug:
+            traceback.print_exc()
+        print(f"refold: internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+              f" (rerun with --debug for a traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

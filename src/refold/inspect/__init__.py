@@ -1,0 +1,1 @@
+"""Looking at graphs: summaries now; diffs and HTML reports build on the same views."""
