@@ -41,9 +41,13 @@ def to_onnx(model: Model, sink: TensorSink = inline_tensor) -> onnx.ModelProto:
     if model.extra.get("model"):
         m.MergeFromString(model.extra["model"])
     m.ir_version = model.ir_version
-    for dom, ver in ctx.opsets.items():
-        o = m.opset_import.add()
-        o.domain, o.version = dom, ver
+    kept = model.extra.get("opset_import")
+    if kept is not None and {o.domain: o.version for o in kept} == ctx.opsets:
+        m.opset_import.extend(kept)
+    else:
+        for dom, ver in ctx.opsets.items():
+            o = m.opset_import.add()
+            o.domain, o.version = dom, ver
     if model.producer_name:
         m.producer_name = model.producer_name
     if model.producer_version:

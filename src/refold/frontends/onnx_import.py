@@ -48,6 +48,7 @@ def import_model(proto: onnx.ModelProto, *, base_dir: str | None, where: str) ->
                                               "producer_version", "domain", "model_version",
                                               "doc_string", "metadata_props", "functions"))
     model.extra["defaults"] = explicit_defaults(proto)
+    model.extra["opset_import"] = list(proto.opset_import)  # written back as-is while unchanged
     model.base_dir = base_dir
     model.meta["external_data"] = imp.has_external
     return model

@@ -1,0 +1,118 @@
+"""Real architectures for tests: tiny transformers configs (random weights) exported to ONNX, the
+PP-OCR models rapidocr ships, and the onnx package's light model-zoo graphs."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+import numpy as np
+import onnx
+
+LIGHT_DIR = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+LIGHT_MODELS = sorted(glob.glob(os.path.join(LIGHT_DIR, "light_*.onnx")))
+
+
+def ppocr_dir() -> str:
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    return os.path.join(spec.submodule_search_locations[0], "models")
+
+
+PPOCR = {"cls": "ch_ppocr_mobile_v2.0_cls_infer.onnx", "det": "ch_PP-OCRv4_det_infer.onnx",
+         "rec": "ch_PP-OCRv4_rec_infer.onnx"}
+PPOCR_SHAPES = {"cls": (1, 3, 48, 192), "det": (1, 3, 320, 320), "rec": (1, 3, 48, 320)}
+
+
+def ppocr_path(name: str) -> str:
+    return os.path.join(ppocr_dir(), PPOCR[name])
+
+
+def tiny_hf_model(name: str):
+    """A transformers model from a tiny config, random weights, eval mode; plus example inputs."""
+    import torch
+    import transformers as tf
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 99, (1, 8))
+    if name == "gpt2":
+        m = tf.GPT2Model(tf.GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=99, n_positions=64))
+        return m.eval(), (ids,)
+    if name == "bert":
+        m = tf.BertModel(tf.BertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                       intermediate_size=64, vocab_size=99), add_pooling_layer=False)
+        return m.eval(), (ids,)
+    if name == "llama":
+        cfg = tf.LlamaConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=64, vocab_size=99)
+        cfg._attn_implementation = "eager"
+        return tf.LlamaModel(cfg).eval(), (ids,)
+    if name == "vit":
+        m = tf.ViTModel(tf.ViTConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2,
+                                     intermediate_size=64, image_size=32, patch_size=8),
+                        add_pooling_layer=False)
+        return m.eval(), (torch.randn(1, 3, 32, 32),)
+    if name == "resnet":
+        m = tf.ResNetModel(tf.ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                                           layer_type="basic"))
+        return _randomize_bn(m).eval(), (torch.randn(1, 3, 64, 64),)
+    if name == "mobilenetv2":
+        m = tf.MobileNetV2Model(tf.MobileNetV2Config(depth_multiplier=0.35, image_size=64))
+        return _randomize_bn(m).eval(), (torch.randn(1, 3, 64, 64),)
+    raise KeyError(name)
+
+
+def _randomize_bn(model):
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
+                mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
+    return model
+
+
+class _FirstOutput:
+    pass
+
+
+def export_hf_onnx(name: str, path: str) -> str:
+    """Export a tiny transformers model to ONNX, keeping BatchNorm (legacy exporter, PRESERVE)."""
+    import torch
+
+    model, inputs = tiny_hf_model(name)
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            out = self.m(x)
+            return out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+    torch.onnx.export(Wrapped(model), inputs, path, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"],
+                      training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    return path
+
+
+def random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
+    """Give a light model-zoo graph random weights (its ConstantOfShape(0.02) fills), with positive
+    BatchNorm variance, so numeric tests mean something."""
+    from onnx import numpy_helper
+
+    rng = np.random.default_rng(seed)
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    var_names = {n.input[4] for n in m.graph.node if n.op_type == "BatchNormalization"}
+    for t in m.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.dtype != np.float32:
+            continue
+        r = rng.standard_normal(a.shape).astype(np.float32) * 0.1
+        if t.name in var_names:
+            r = np.abs(r) + 0.5
+        t.CopyFrom(numpy_helper.from_array(r, t.name))
+    return m
