@@ -137,9 +137,10 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
         if check:
             try:
                 onnx.checker.check_model(staged, full_check=True)
-            except onnx.checker.ValidationError as e:
-                raise InvalidModelError(f"{path}: refold produced a model that fails the ONNX "
-                                        f"checker: {str(e).splitlines()[0]}") from None
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+                raise InvalidModelError(f"{path}: the result fails onnx.checker (full check), so "
+                                        f"nothing was written; is the input valid? "
+                                        f"{str(e).splitlines()[0][:300]}") from None
         if external_data:
             os.replace(os.path.join(stage, data_name), os.path.join(folder, data_name))
         os.replace(staged, path)
