@@ -108,14 +108,24 @@ class _Exporter:
         for v in g.inputs:
             gp.input.append(value_info(v))
         pending = []  # constants written back as Constant nodes, in original order
+        # Below IR version 4 every initializer must also be a graph input; new constants would
+        # change the interface, so they become Constant nodes instead.
+        legacy = self.model.ir_version < 4
+        info_of: dict[int, dict] = {}
         for v in g.initializers.values():
-            if "onnx.constant_node" in v.meta and id(v) not in input_ids:
+            if id(v) in input_ids:
+                gp.initializer.append(self.sink(v.name, v.const))
+            elif "onnx.constant_node" in v.meta:
                 pending.append(v)
+                info_of[id(v)] = v.meta["onnx.constant_node"]
+            elif legacy:
+                pending.append(v)
+                info_of[id(v)] = {"name": "", "attr": "value", "doc_string": "", "tensor_name": v.name}
             else:
                 gp.initializer.append(self.sink(v.name, v.const))
         for v in g.meta.get("onnx.sparse_initializers", []):
             gp.sparse_initializer.append(v.meta["onnx.sparse"])
-        pending.sort(key=lambda v: v.meta["onnx.constant_node"].get("index", -1))
+        pending.sort(key=lambda v: info_of[id(v)].get("index", -1))
         pending_ids = {id(v): v for v in pending}
         emitted: set[int] = set()
 
@@ -123,7 +133,7 @@ class _Exporter:
             if id(v) in emitted:
                 return
             emitted.add(id(v))
-            info = v.meta["onnx.constant_node"]
+            info = info_of[id(v)]
             if info["attr"] == "value":
                 t = self.sink(info["tensor_name"], v.const)
                 attr = onnx.helper.make_attribute("value", t)
@@ -142,7 +152,7 @@ class _Exporter:
         queue = list(pending)
         for node in g:
             idx = node.meta.get("onnx.index")
-            while queue and idx is not None and queue[0].meta["onnx.constant_node"].get("index", -1) < idx:
+            while queue and idx is not None and info_of[id(queue[0])].get("index", -1) < idx:
                 emit_const(queue.pop(0))
             for v in _reads(node):
                 if id(v) in pending_ids:

@@ -33,7 +33,7 @@ def probe_inputs(model: Model, *, seed: int = 0, dims: dict[str, int] | None = N
             arr = np.array(["a"] * int(np.prod(shape)), dtype=object).reshape(shape)
         else:
             arr = rng.integers(0, 4, shape).astype(dt.numpy())
-        feeds[v.name] = arr
+        feeds[v.name] = np.asarray(arr)
     return feeds
 
 

@@ -1,0 +1,195 @@
+"""Generic passes and the PassManager, on real models and on small graphs made to break them."""
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import refold
+import zoo
+from refold.errors import PassFailedError
+from refold.frontends.onnx_export import to_onnx
+from refold.frontends.onnx_import import load_onnx
+from refold.ir.graph import Node
+from refold.passes import (CommonSubexpressionElimination, DeadCodeElimination, FoldConstants,
+                           InferShapes, Pass, PassManager, PassResult, get_pass)
+from refold.passes.probe import OnnxRunner, probe_inputs
+
+
+def run(model, *passes, **kw):
+    return PassManager([get_pass(p) for p in passes], **kw).run(model)
+
+
+def test_example_pipeline_report():
+    proto, report = refold.optimize(refold.example_path())
+    names = [r.name for r in report.passes]
+    assert names == ["infer-shapes", "fold-constants", "cse", "dce"]
+    by = {r.name: r for r in report.passes}
+    assert by["fold-constants"].stats["folded"] == 1        # Concat of two constants
+    assert by["cse"].stats["merged_nodes"] == 1             # the duplicated Relu
+    assert by["dce"].stats["removed_nodes"] == 1            # the dead Sigmoid
+    assert all(r.max_abs is not None and r.max_abs <= 1e-6 for r in report.passes)
+    assert report.check_engine == "onnxruntime"
+    text = report.format()
+    assert "fold-constants" in text and "14 -> 14" in text and "13 -> 12" in text
+    assert len(proto.graph.node) == 11
+
+
+@pytest.mark.parametrize("spec", ["dce", "cse", "fold-constants", "infer-shapes", "raise-to-core"])
+def test_passes_are_idempotent(spec):
+    m = load_onnx(zoo.ppocr_path("rec"))
+    m.graph.inputs[0].shape = zoo.PPOCR_SHAPES["rec"]
+    if spec != "infer-shapes":
+        run(m, "infer-shapes", check=False)
+    first = run(m, spec)
+    again = run(m, spec, check=False)
+    assert again.passes[0].modified is False, again.passes[0].stats
+    if spec in ("fold-constants", "cse", "raise-to-core"):
+        assert first.passes[0].modified
+
+
+@pytest.mark.parametrize("path", zoo.LIGHT_MODELS[:4] + [zoo.ppocr_path("det")], ids=lambda p: p.split("/")[-1])
+def test_standard_pipeline_on_real_models(path):
+    model = load_onnx(onnx.load(path) if "light" not in path else zoo.random_weights(onnx.load(path)))
+    if "det" in path:
+        model.graph.inputs[0].shape = zoo.PPOCR_SHAPES["det"]
+    report = run(model, "infer-shapes", "fold-constants", "cse", "dce", "raise-to-core", "dce")
+    for r in report.passes:
+        assert r.max_abs is not None and (r.max_abs <= 1e-4 or r.max_rel <= 1e-4), r
+    onnx.checker.check_model(to_onnx(model), full_check=True)
+
+
+def test_dce_keeps_subgraph_reads_and_graph_inputs():
+    then_g = helper.make_graph([helper.make_node("Identity", ["used_in_branch"], ["t"])], "then", [],
+                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1])])
+    else_g = helper.make_graph([helper.make_node("Identity", ["x"], ["e"])], "else", [],
+                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1])])
+    g = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g),
+         helper.make_node("Neg", ["x"], ["dead"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("unused_input", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+        initializer=[numpy_helper.from_array(np.array([7.0], np.float32), "used_in_branch"),
+                     numpy_helper.from_array(np.array([1.0], np.float32), "unused_const")])
+    m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    r = run(m, "dce")
+    assert r.passes[0].stats == {"removed_nodes": 1, "removed_consts": 1}
+    out = to_onnx(m)
+    assert [t.name for t in out.graph.initializer] == ["used_in_branch"]  # initializer only a branch reads
+    assert [i.name for i in out.graph.input] == ["x", "c", "unused_input"]
+
+
+def test_cse_merges_nodes_and_constants_but_not_random_ops():
+    nodes = [helper.make_node("Add", ["x", "c1"], ["a1"]), helper.make_node("Add", ["x", "c2"], ["a2"]),
+             helper.make_node("RandomNormalLike", ["x"], ["r1"]), helper.make_node("RandomNormalLike", ["x"], ["r2"]),
+             helper.make_node("Sum", ["a1", "a2", "r1", "r2"], ["y"])]
+    inits = [numpy_helper.from_array(np.ones(3, np.float32), n) for n in ("c1", "c2")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])], initializer=inits)
+    m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    r = run(m, "cse", check=False)
+    assert r.passes[0].stats == {"merged_nodes": 1, "merged_consts": 1}
+    assert [n.op for n in m.graph] == ["Add", "RandomNormalLike", "RandomNormalLike", "Sum"]
+
+
+def test_cse_keeps_two_graph_outputs_named():
+    nodes = [helper.make_node("Relu", ["x"], ["y1"]), helper.make_node("Relu", ["x"], ["y2"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, [3]) for n in ("y1", "y2")])
+    m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    run(m, "cse")
+    out = to_onnx(m)
+    assert [o.name for o in out.graph.output] == ["y1", "y2"]
+    got = OnnxRunner(out).run({"x": np.array([-1, 0, 2], np.float32)})
+    np.testing.assert_array_equal(got["y2"], [0, 0, 2])
+
+
+def test_fold_constants_cap_and_reasons():
+    big_shape = numpy_helper.from_array(np.array([1024, 1024], np.int64), "big_shape")
+    nodes = [helper.make_node("ConstantOfShape", ["big_shape"], ["big"]),
+             helper.make_node("ReduceSum", ["big"], ["s"], keepdims=0),
+             helper.make_node("Add", ["x", "s"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])], initializer=[big_shape])
+    m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    r = PassManager([FoldConstants(max_bytes=1 << 16)]).run(m)
+    assert r.passes[0].stats["folded"] == 0
+    assert "over the 65536-byte cap" in list(r.passes[0].stats["not_folded"].values())[0]
+    r = PassManager([FoldConstants(max_bytes=8 << 20)]).run(m)
+    assert r.passes[0].stats["folded"] == 2 and [n.op for n in m.graph] == ["Add"]
+
+
+def test_infer_shapes_fills_types_without_copying_weights():
+    m = load_onnx(zoo.LIGHT_MODELS[4])
+    untyped = [v for n in m.graph for v in n.outputs if v.shape is None]
+    assert untyped
+    r = run(m, "infer-shapes", check=False)
+    assert r.passes[0].stats["values_typed"] >= len(untyped)
+    assert all(v.shape is not None for n in m.graph for v in n.outputs)
+
+
+class _Broken(Pass):
+    """Multiplies the first Relu's output by 2: a wrong rewrite the check must catch."""
+
+    name = "broken"
+
+    def call(self, model):
+        g = model.graph
+        relu = next(n for n in g if n.op == "Relu")
+        two = g.add_const(np.array(2.0, np.float32))
+        mul = Node("Mul", [relu.output, two], name="sabotage")
+        g.insert_after(relu, mul)
+        for node, i in relu.output.uses():
+            if node is not mul:
+                node.set_input(i, mul.output)
+        return PassResult(model, True, {"rewrites": 1})
+
+
+class _Dangling(Pass):
+    name = "dangling"
+
+    def call(self, model):
+        n = next(iter(model.graph))
+        n._inputs[0] = refold.Value("ghost")  # behind the IR's back
+        return PassResult(model, True)
+
+
+def test_numeric_check_names_first_diverging_node():
+    m = load_onnx(refold.example_path())
+    with pytest.raises(PassFailedError) as e:
+        PassManager([_Broken()]).run(m)
+    msg = str(e.value)
+    assert "pass 'broken' changed output 'logits'" in msg
+    assert "first diverging node: 'conv2' (Conv)" in msg  # the first consumer of the doubled relu
+
+
+def test_verifier_runs_after_each_pass():
+    m = load_onnx(refold.example_path())
+    with pytest.raises(PassFailedError, match="pass 'dangling' left an invalid graph: .*ghost"):
+        PassManager([_Dangling()], check=False).run(m)
+
+
+def test_user_probe_inputs_and_multiple_sets():
+    m = load_onnx(refold.example_path())
+    probes = [{"x": np.full((1, 3, 32, 32), v, np.float32)} for v in (0.0, 1.0, -3.0)]
+    r = PassManager([CommonSubexpressionElimination(), DeadCodeElimination()], probe=probes).run(m)
+    assert "3 probe input set(s)" in r.check_note
+
+
+def test_check_skipped_above_weight_limit():
+    m = load_onnx(refold.example_path())
+    r = PassManager([InferShapes()], check_limit_bytes=100).run(m)
+    assert r.check_note.startswith("numeric check skipped") and r.passes[0].max_abs is None
+
+
+def test_optimize_with_no_passes_is_identity():
+    proto, report = refold.optimize(refold.example_path(), passes=[])
+    assert report.passes == [] and report.rewrites == 0
+    assert proto.SerializeToString() == onnx.load(refold.example_path()).SerializeToString()
+
+
+def test_probe_inputs_follow_types():
+    m = load_onnx(zoo.ppocr_path("rec"))
+    feeds = probe_inputs(m, dims={"p2o.DynamicDimension.1": 320})
+    assert feeds["x"].shape == (1, 3, 1, 320) and feeds["x"].dtype == np.float32
