@@ -14,6 +14,10 @@ from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Model, Node, Value
 from refold.ir.tensor import Tensor, check_inline_payload
 
+_SCALAR_NODE_FIELDS = ("name", "op_type", "domain", "doc_string", "overload")
+_NODE_FIELDS = ("input", "output", "name", "op_type", "domain", "attribute", "doc_string",
+                "metadata_props", "overload")
+_NODE_FIELD_SET = frozenset(_NODE_FIELDS)
 # AttributeProto types whose Python value refold keeps as the proto itself.
 _VERBATIM_ATTRS = {AP.SPARSE_TENSOR, AP.SPARSE_TENSORS, AP.TYPE_PROTO, AP.TYPE_PROTOS, AP.TENSORS}
 
@@ -56,20 +60,28 @@ def import_model(proto: onnx.ModelProto, *, base_dir: str | None, where: str) ->
 
 def _leftover(msg, modelled: tuple[str, ...]) -> bytes:
     """Serialized fields of ``msg`` that refold does not model (kept to write back verbatim)."""
-    fields = [f.name for f, _ in msg.ListFields() if f.name not in modelled]
-    if not fields:
-        return b""
-    rest = type(msg)()
-    for f in fields:
-        getattr(rest, f)  # noqa: touch
-        rest.MergeFrom(_only_field(msg, f))
-    return rest.SerializeToString()
+    return _split_fields(msg, modelled)[0]
 
 
 def explicit_defaults(msg) -> tuple[str, ...]:
     """Singular fields present in ``msg`` with their default value (proto2 keeps that presence)."""
-    return tuple(f.name for f, v in msg.ListFields()
-                 if not f.is_repeated and f.message_type is None and v == f.default_value)
+    return _split_fields(msg, ())[1]
+
+
+def _split_fields(msg, modelled: tuple[str, ...]) -> tuple[bytes, tuple[str, ...]]:
+    """One pass over the set fields: (unmodelled fields serialized, explicitly-default fields)."""
+    rest_fields, defaults = [], []
+    for f, v in msg.ListFields():
+        if f.name not in modelled:
+            rest_fields.append(f.name)
+        if not f.is_repeated and f.message_type is None and v == f.default_value:
+            defaults.append(f.name)
+    if not rest_fields:
+        return b"", tuple(defaults)
+    rest = type(msg)()
+    for f in rest_fields:
+        rest.MergeFrom(_only_field(msg, f))
+    return rest.SerializeToString(), tuple(defaults)
 
 
 def restore_defaults(msg, names: tuple[str, ...]) -> None:
@@ -190,11 +202,14 @@ class _Importer:
             scope[v.name] = v
         g.meta["onnx.sparse_initializers"] = [scope[sp.values.name] for sp in gp.sparse_initializer]
 
-        # Outputs first, so that nodes may appear out of order; sorted below.
+        # Outputs first, so that nodes may appear out of order; sorted below. Each NodeProto is
+        # read once (ListFields), which matters on graphs of 100k nodes.
         produced: dict[str, Node] = {}
         nodes = []
         for index, npb in enumerate(gp.node):
-            if _is_plain_constant(npb):
+            fields = {f.name: v for f, v in npb.ListFields()}
+            op_type = fields.get("op_type", "")
+            if op_type == "Constant" and _is_plain_constant(npb):
                 v = self.constant(npb, g)
                 v.meta["onnx.constant_node"]["index"] = index
                 if v.name in scope or v.name in produced:
@@ -202,24 +217,26 @@ class _Importer:
                 scope[v.name] = v
                 continue
             outs = []
-            for o in npb.output:
+            for o in fields.get("output", ()):
                 if o == "":
                     outs.append(Value("", kind="omitted"))
                     continue
                 if o in scope or o in produced:
                     first = produced[o].name if o in produced else "a graph input or initializer"
                     raise InvalidModelError(f"{self.where}: value '{o}' is produced twice (by "
-                                            f"{first!r} and node '{npb.name}' ({npb.op_type}))")
+                                            f"{first!r} and node '{fields.get('name', '')}' ({op_type}))")
                 outs.append(Value(o))
-            node = Node(npb.op_type, domain=npb.domain, name=npb.name, outputs=outs,
-                        overload=npb.overload, meta={"onnx.index": index})
+            node = Node(op_type, domain=fields.get("domain", ""), name=fields.get("name", ""),
+                        outputs=outs, overload=fields.get("overload", ""), meta={"onnx.index": index})
             for v in outs:
                 if v.name:
                     produced[v.name] = node
                     scope[v.name] = v
-            nodes.append((node, npb))
-        for node, npb in nodes:
-            for name in npb.input:
+            nodes.append((node, npb, fields))
+        out_of_order = False
+        position = {id(node): i for i, (node, _, _) in enumerate(nodes)}
+        for i, (node, npb, fields) in enumerate(nodes):
+            for name in fields.get("input", ()):
                 if name == "":
                     node._append_input(None)
                     continue
@@ -227,19 +244,27 @@ class _Importer:
                 if v is None:
                     raise InvalidModelError(f"{self.where}: {node.label()} reads '{name}', which "
                                             f"nothing produces")
+                if v.producer is not None and position.get(id(v.producer), -1) >= i:
+                    out_of_order = True
                 node._append_input(v)
-            self.attributes(node, npb, lookup)
-            if npb.doc_string:
-                node.meta["doc_string"] = npb.doc_string
-            if npb.metadata_props:
-                node.meta["metadata_props"] = {p.key: p.value for p in npb.metadata_props}
-            rest = _leftover(npb, ("input", "output", "name", "op_type", "domain", "attribute",
-                                   "doc_string", "metadata_props", "overload"))
-            if rest:
-                node.meta["onnx.node_extra"] = rest
-            if explicit_defaults(npb):
-                node.meta["onnx.defaults"] = explicit_defaults(npb)
+            if "attribute" in fields:
+                self.attributes(node, npb, lookup)
+            if "doc_string" in fields:
+                node.meta["doc_string"] = fields["doc_string"]
+            if "metadata_props" in fields:
+                node.meta["metadata_props"] = {p.key: p.value for p in fields["metadata_props"]}
+                prov = node.meta["metadata_props"]
+                if "refold.rule" in prov:
+                    node.meta["provenance"] = {"rule": prov["refold.rule"],
+                                               "sources": prov.get("refold.sources", "").split(",")}
+            if not fields.keys() <= _NODE_FIELD_SET:
+                node.meta["onnx.node_extra"] = _split_fields(npb, _NODE_FIELDS)[0]
+            if "" in (fields.get("name"), fields.get("domain"), fields.get("doc_string"),
+                      fields.get("overload"), fields.get("op_type")):
+                node.meta["onnx.defaults"] = tuple(k for k in _SCALAR_NODE_FIELDS if fields.get(k) == "")
             g.append(node)
+        if (out_of_order or any(n.subgraphs() for n, _, _ in nodes)) and g.sort():
+            g.meta["sorted_on_import"] = True
         for vo in gp.output:
             v = lookup.get(vo.name)
             if v is None:
@@ -267,8 +292,6 @@ class _Importer:
         if rest:
             g.meta["onnx.graph_extra"] = rest
         g.meta["onnx.defaults"] = explicit_defaults(gp)
-        if g.sort():
-            g.meta["sorted_on_import"] = True
         return g
 
     def constant(self, npb: onnx.NodeProto, g: Graph) -> Value:

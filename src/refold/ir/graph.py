@@ -98,9 +98,9 @@ class Node:
         self.overload = overload
         self.name = name
         self._inputs: list[Value | None] = []
-        self.attrs: dict[str, Any] = dict(attrs or {})
+        self.attrs: dict[str, Any] = dict(attrs) if attrs else {}
         self.attr_types: dict[str, int] = {}
-        self.meta: dict[str, Any] = dict(meta or {})
+        self.meta: dict[str, Any] = dict(meta) if meta else {}
         self.graph: Graph | None = None
         self._prev: Node | None = None
         self._next: Node | None = None
@@ -115,8 +115,9 @@ class Node:
                 raise ValueError(f"{v.name} already has a producer")
             v.producer, v.index = self, i
             self.outputs.append(v)
-        for g in self.subgraphs():
-            g.parent = self
+        if self.attrs:
+            for g in self.subgraphs():
+                g.parent = self
 
     # -- inputs ---------------------------------------------------------------------------------
     @property
@@ -225,6 +226,8 @@ class Graph:
             g = g.parent.graph
         return g
 
+    # Node and Value creation are the hot path of importing large graphs: keep them lean.
+
     def unique_name(self, prefix: str) -> str:
         """A value or node name not used anywhere in the model (subgraphs included)."""
         root = self.root
@@ -267,13 +270,14 @@ class Graph:
         self.initializers.pop(v.name, None)
 
     def _name_outputs(self, node: Node) -> None:
+        names = self.root._names
         for v in node.outputs:
             if v.kind == "omitted":
                 continue
             if not v.name:
                 v.name = self.unique_name(node.op.lower())
             else:
-                self.claim_name(v.name)
+                names.add(v.name)
 
     def _link(self, node: Node, prev: Node | None, nxt: Node | None) -> None:
         if node.graph is not None:
@@ -290,6 +294,8 @@ class Graph:
             nxt._prev = node
         self._len += 1
         self._name_outputs(node)
+        if not node.attrs:
+            return
         root = self.root
         for g in node.subgraphs():
             g.parent = node

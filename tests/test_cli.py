@@ -1,0 +1,82 @@
+"""The refold command line: help everywhere, show, run, passes; exit codes."""
+import json
+import subprocess
+import sys
+
+import onnx
+import pytest
+
+from refold import cli, errors
+from refold.api import example_path
+
+
+def refold(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+@pytest.mark.parametrize("args", [["--help"], ["show", "--help"], ["run", "--help"], ["passes", "--help"]])
+def test_help_everywhere(capsys, args):
+    with pytest.raises(SystemExit) as e:
+        cli.main(args)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: refold" in out and "exit codes" in out
+
+
+def test_show_summary(capsys):
+    code, out, _ = refold(capsys, "show", "example:tiny_cnn")
+    assert code == 0
+    assert "x: f32[1,3,32,32]" in out and "logits: f32[1,10]" in out
+    assert "parameters  954" in out and "onnx.BatchNormalization      2" in out
+
+
+def test_show_graph_and_json(capsys):
+    code, out, _ = refold(capsys, "show", example_path(), "--graph")
+    assert code == 0 and "%c1 = onnx.Conv(%x, %conv1.w, %conv1.b) {pads=[1,1,1,1]}" in out
+    code, out, _ = refold(capsys, "show", example_path(), "--json")
+    s = json.loads(out)
+    assert s["nodes"] == 14 and s["ops"]["onnx.Relu"] == 3
+
+
+def test_run_writes_checked_model_and_report(capsys, tmp_path):
+    out_path = tmp_path / "o.onnx"
+    code, out, err = refold(capsys, "run", "example:tiny_cnn", "-p", "cse", "-p", "dce", "-o", out_path,
+                            "--json", tmp_path / "r.json")
+    assert code == 0, err
+    onnx.checker.check_model(str(out_path), full_check=True)
+    assert "cse" in out and "max abs err" in out and "merged_nodes=1" in out
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert [p["name"] for p in rep["passes"]] == ["cse", "dce"]
+
+
+def test_passes_lists_descriptions(capsys):
+    code, out, _ = refold(capsys, "passes")
+    assert code == 0
+    lines = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert {"dce", "cse", "fold-constants", "infer-shapes", "raise-to-core"} <= set(lines)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["run", "example:tiny_cnn"], "-o/--output"),
+    (["run", "example:tiny_cnn", "-o", "x.onnx", "-p", "nonsense"], "unknown pass 'nonsense'"),
+    (["frobnicate"], "invalid choice"),
+    (["run", "example:tiny_cnn", "-o", "x.onnx", "--dim", "bad"], "NAME=N"),
+])
+def test_usage_errors_exit_2(capsys, tmp_path, monkeypatch, args, fragment):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = refold(capsys, *args)
+    assert code == errors.EXIT_USAGE and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_debug_prints_traceback(capsys, tmp_path):
+    (tmp_path / "e.onnx").write_bytes(b"")
+    code, _, err = refold(capsys, "--debug", "show", tmp_path / "e.onnx")
+    assert code == errors.EXIT_INVALID and "Traceback" in err
+
+
+def test_console_script_installed(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "refold.cli", "passes"], capture_output=True, text=True)
+    assert res.returncode == 0 and "dce" in res.stdout
