@@ -181,3 +181,24 @@ def test_decomposed_layer_norm_recognition(kw, raised):
     if not raised:
         assert any("layer-norm" in why for why in r.passes[0].stats["not_raised"].values()) \
             or kw.get("keepdims") == 0
+
+
+def test_registry_shape_inference_matches_reference():
+    from refold.ir.ops import infer_types
+
+    for op, inputs, attrs, consts in CASES:
+        model, node = core_model(op, inputs, attrs, consts, 18, 2 if op == "split" else 1)
+        assert infer_types(node) == [(v.dtype, v.shape) for v in node.outputs], op
+
+
+def test_registry_shape_inference_reports_bad_inputs():
+    from refold.errors import UnsupportedError
+    from refold.ir.ops import infer_types
+
+    g = Graph("g")
+    a, b = g.add_input("a", DType.FLOAT, (2, 3)), g.add_input("b", DType.FLOAT, (4, 5))
+    node = g.append(Node("matmul", [a, b], domain=CORE, name="mm"))
+    with pytest.raises(UnsupportedError, match="core.matmul rejects its input types"):
+        infer_types(node)
+    node.inputs[0].shape = ("n", 3)
+    assert infer_types(node) is None  # symbolic: unknown, not guessed

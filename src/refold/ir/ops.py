@@ -316,3 +316,35 @@ def evaluate(op: str, inputs: list, attrs: dict, num_outputs: int = 1) -> list[t
     if op == "split":
         return _split(inputs, a, num_outputs)
     return schema.reference(inputs, a)
+
+
+def infer_types(node) -> list[tuple] | None:
+    """(dtype, shape) of each output of a core node, or None when inputs are not fully known.
+
+    Runs the reference implementation on meta tensors (no data, no compute), with the real values
+    of constant control inputs such as reshape's shape; so shapes can never disagree with the
+    semantics. Symbolic dims are not propagated (None is returned).
+    """
+    from refold.ir.dtypes import DType
+
+    schema = CORE_OPS.get(node.op)
+    if schema is None:
+        raise UnsupportedError(f"{node.label()}: core.{node.op} is not a core op")
+    ins = []
+    for i, v in enumerate(node.inputs):
+        if v is None:
+            ins.append(None)
+        elif i in schema.control_inputs:
+            if v.const is None:
+                return None
+            ins.append(v.const.torch())
+        elif v.dtype is None or v.shape is None or not all(isinstance(d, int) and d >= 0 for d in v.shape):
+            return None
+        else:
+            ins.append(torch.empty(v.shape, dtype=v.dtype.torch(), device="meta"))
+    try:
+        outs = evaluate(node.op, ins, node.attrs, len(node.outputs))
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+        raise UnsupportedError(f"{node.label()}: core.{node.op} rejects its input types: "
+                               f"{str(e).splitlines()[0][:200]}") from None
+    return [(DType.from_torch(o.dtype), tuple(o.shape)) for o in outs]
