@@ -49,8 +49,20 @@ def load(src: Any, example_inputs: Any = None) -> Model:
         from refold.frontends.onnx_import import load_onnx
 
         return load_onnx(src)
-    raise UnsupportedError(f"refold.load: cannot load a {type(src).__name__} (PyTorch input comes "
-                           f"with the torch frontend)")
+    import torch
+
+    if isinstance(src, torch.export.ExportedProgram):
+        from refold.frontends.torch_import import import_exported
+
+        return import_exported(src)
+    if isinstance(src, torch.nn.Module):
+        if example_inputs is None:
+            raise UsageError(f"refold.load: a {type(src).__name__} needs example_inputs to be captured")
+        from refold.frontends.torch_import import import_module
+
+        return import_module(src, example_inputs)
+    raise UnsupportedError(f"refold.load: cannot load a {type(src).__name__}; give an ONNX path or "
+                           f"ModelProto, an nn.Module with example inputs, or an ExportedProgram")
 
 
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
@@ -64,7 +76,8 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
 def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass] | None = None, *,
              check: bool = True, atol: float = 1e-4, rtol: float = 1e-4, probe=None,
              dims: dict[str, int] | None = None) -> tuple[Any, Report]:
-    """Run passes and give back the same kind of thing: an ``onnx.ModelProto`` for ONNX input.
+    """Run passes and give back the same kind of thing: an ``onnx.ModelProto`` for ONNX input, a
+    trainable ``torch.fx.GraphModule`` for an ``nn.Module`` (captured with ``example_inputs``).
 
     ``passes`` are names from ``refold passes`` or Pass instances; None runs the default pipeline
     (shape inference, constant folding, CSE, DCE); ``[]`` runs nothing. With ``check`` every pass

@@ -45,7 +45,7 @@ def _check_graph(g: Graph, outer: dict[int, Value], names: dict[str, Value]):
     for name, v in g.initializers.items():
         if v.name != name:
             yield f"graph '{g.name}': constant registered as '{name}' is named '{v.name}'"
-        if v.const is None and v.kind != "sparse_const":
+        if v.const is None and v.kind not in ("sparse_const", "submodule"):
             yield f"graph '{g.name}': constant '{name}' has no payload"
         if id(v) not in scope:
             yield from define(v, "constant")

@@ -15,8 +15,10 @@ CONST_DEDUP_MAX_BYTES = 4096
 
 
 def _hashable(v: Any):
-    if isinstance(v, list):
-        return tuple(_hashable(x) for x in v)
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__,) + tuple(_hashable(x) for x in v)
+    if isinstance(v, dict):
+        return ("dict",) + tuple(sorted((k, _hashable(x)) for k, x in v.items()))
     if isinstance(v, Tensor):
         if v.nbytes > CONST_DEDUP_MAX_BYTES:
             raise TypeError("large tensor attribute")
@@ -25,11 +27,13 @@ def _hashable(v: Any):
         raise TypeError("proto attribute")
     if isinstance(v, float) and v != v:
         raise TypeError("nan")
+    hash(v)  # anything else must be hashable as it is (ints, strings, torch dtypes, TensorArg)
     return v
 
 
 def _node_key(n: Node):
-    if n.op in NONDETERMINISTIC or n.dialect not in KNOWN_DOMAINS or n.subgraphs() or not n.outputs:
+    if (n.op in NONDETERMINISTIC or n.dialect not in KNOWN_DOMAINS or n.subgraphs() or not n.outputs
+            or n.meta.get("side_effect")):
         return None
     if any(v.kind == "omitted" for v in n.outputs):
         return None

@@ -14,7 +14,7 @@ def eliminate_dead_code(g: Graph) -> tuple[int, int]:
         prev = n._prev
         live = any(v._uses or id(v) in outs for v in n.outputs)
         # A node with no outputs at all can only be there for an effect: keep it.
-        if not live and n.outputs:
+        if not live and n.outputs and not n.meta.get("side_effect"):
             g.remove(n)
             nodes += 1
         else:
