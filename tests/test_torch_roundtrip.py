@@ -97,3 +97,27 @@ def test_optimize_runs_checked_passes_on_torch_graphs():
     gm, report = refold.optimize(model, inputs, passes=["cse", "dce"])
     assert report.check_engine == "torch" and all(r.max_abs == 0 for r in report.passes)
     torch.testing.assert_close(gm(*inputs)["features"], model(*inputs)["features"])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "vit", "llama", "resnet", "mobilenetv2", "cnn"])
+def test_raise_to_core_then_back_to_aten(name):
+    model, inputs = model_and_inputs(name)
+    gm, report = refold.optimize(model, inputs, passes=["raise-to-core", "cse", "dce"], atol=1e-5, rtol=1e-5)
+    rec = report.passes[0]
+    assert rec.stats["raised"] > 0, rec.stats
+    core_ops = {n.op for n in rec_model(report).graph if n.domain == "core"}
+    expected = {"gpt2": {"layer_norm", "gemm"}, "bert": {"layer_norm", "linear"}, "vit": {"layer_norm", "conv"},
+                "llama": {"rms_norm", "linear", "silu"}, "resnet": {"conv", "batch_norm", "relu"},
+                "mobilenetv2": {"conv", "batch_norm"}, "cnn": {"conv", "batch_norm", "linear"}}[name]
+    assert expected <= core_ops, core_ops
+    for a, b in zip(leaves(model(*inputs)), leaves(gm(*inputs))):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    torch.export.export(gm, inputs)
+    # still trainable after lowering core ops back to ATen
+    sum(t.float().sum() for t in leaves(gm(*inputs))).backward()
+    assert all(p.grad is not None for n, p in gm.named_parameters() if "weight" in n and "embed" not in n
+               and "wte" not in n and "wpe" not in n and "position" not in n and "cls_token" not in n)
+
+
+def rec_model(report):
+    return report.model

@@ -1,0 +1,120 @@
+"""Lower core ops to ATen calls in an FX graph (used by the GraphModule exporter)."""
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+from refold.errors import UnsupportedError
+from refold.ir.graph import Node
+
+aten = torch.ops.aten
+
+
+def _const_ints(v) -> list[int]:
+    if v.const is None:
+        raise UnsupportedError(f"'{v.name}' must be constant to lower to ATen")
+    return [int(x) for x in v.const.numpy().reshape(-1)]
+
+
+def _norm_shape(node: Node) -> list[int]:
+    x, scale = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    axis = node.attrs.get("axis", -1)
+    if scale is not None and scale.shape is not None and axis < 0 and len(scale.shape) == -axis:
+        return list(scale.shape)
+    if x.shape is not None and all(isinstance(d, int) for d in x.shape[axis:]):
+        return list(x.shape[axis:])
+    raise UnsupportedError(f"{node.label()}: normalized shape unknown")
+
+
+def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
+    """Emit ATen calls computing ``node``; returns the FX node holding its output(s)."""
+    a = node.attrs
+    op = node.op
+    arg = lambda i: ins[i] if i < len(ins) else None  # noqa: E731
+    call = g.call_function
+    if op in ("conv", "conv_transpose"):
+        k = len(node.inputs[1].shape) - 2
+        pads = list(a.get("pads") or [0] * 2 * k)
+        x = arg(0)
+        if pads[:k] != pads[k:]:
+            if op == "conv_transpose":
+                raise UnsupportedError(f"{node.label()}: asymmetric pads on a transposed conv")
+            torch_pads = [p for i in reversed(range(k)) for p in (pads[i], pads[i + k])]
+            x, pads = call(aten.constant_pad_nd.default, (x, torch_pads, 0.0)), [0] * 2 * k
+        return call(aten.convolution.default, (
+            x, arg(1), arg(2), a.get("strides") or [1] * k, pads[:k], a.get("dilations") or [1] * k,
+            op == "conv_transpose", a.get("output_padding") or [0] * k, a.get("group", 1)))
+    if op == "batch_norm":
+        return call(aten.batch_norm.default, (arg(0), arg(1), arg(2), arg(3), arg(4), False, 0.0,
+                                              a.get("epsilon", 1e-5), False))
+    if op == "layer_norm":
+        return call(aten.layer_norm.default, (arg(0), _norm_shape(node), arg(1), arg(2), a.get("epsilon", 1e-5)))
+    if op == "rms_norm":
+        return call(aten.rms_norm.default, (arg(0), _norm_shape(node), arg(1), a.get("epsilon", 1e-5)))
+    if op == "linear":
+        return call(aten.linear.default, (arg(0), arg(1), arg(2)))
+    if op == "gemm":
+        A = call(aten.t.default, (arg(0),)) if a.get("transA") else arg(0)
+        B = call(aten.t.default, (arg(1),)) if a.get("transB") else arg(1)
+        if arg(2) is None:
+            y = call(aten.mm.default, (A, B))
+            return call(aten.mul.Tensor, (y, a.get("alpha", 1.0))) if a.get("alpha", 1.0) != 1.0 else y
+        return call(aten.addmm.default, (arg(2), A, B), {"beta": a.get("beta", 1.0), "alpha": a.get("alpha", 1.0)})
+    if op == "matmul":
+        return call(aten.matmul.default, (arg(0), arg(1)))
+    if op in ("add", "sub", "mul"):
+        return call(getattr(aten, op).Tensor, (arg(0), arg(1)))
+    if op == "div":
+        dt = node.inputs[0].dtype
+        if dt is not None and not dt.is_float:
+            return call(aten.div.Tensor_mode, (arg(0), arg(1)), {"rounding_mode": "trunc"})
+        return call(aten.div.Tensor, (arg(0), arg(1)))
+    if op in ("relu", "sigmoid", "tanh", "silu", "hardswish"):
+        return call(getattr(aten, op).default, (arg(0),))
+    if op == "gelu":
+        return call(aten.gelu.default, (arg(0),), {"approximate": a.get("approximate", "none")})
+    if op == "reshape":
+        shape = _const_ints(node.inputs[1])
+        if not a.get("allowzero"):
+            x = node.inputs[0]
+            if 0 in shape and (x.shape is None or not all(isinstance(d, int) for d in x.shape)):
+                raise UnsupportedError(f"{node.label()}: reshape with 0 (copy dim) needs a static input")
+            shape = [x.shape[i] if d == 0 else d for i, d in enumerate(shape)]
+        return call(aten.reshape.default, (arg(0), shape))
+    if op == "transpose":
+        perm = a.get("perm") or list(reversed(range(len(node.inputs[0].shape))))
+        return call(aten.permute.default, (arg(0), perm))
+    if op == "flatten":
+        x = node.inputs[0]
+        ax = a.get("axis", 1) % (len(x.shape) + 1) if x.shape is not None else None
+        if ax is None:
+            raise UnsupportedError(f"{node.label()}: flatten needs the input rank")
+        lead = call(aten.flatten.using_ints, (arg(0), 0, ax - 1)) if ax > 0 else call(aten.unsqueeze.default, (arg(0), 0))
+        return call(aten.flatten.using_ints, (lead, 1, -1)) if ax < len(x.shape) else call(aten.unsqueeze.default, (lead, -1))
+    if op == "concat":
+        return call(aten.cat.default, (list(ins), a["axis"]))
+    if op == "split":
+        if arg(1) is not None:
+            sizes = _const_ints(node.inputs[1])
+        else:
+            n, parts = node.inputs[0].shape[a.get("axis", 0)], len(node.outputs)
+            size = -(-n // parts)
+            sizes = [min(size, n - i * size) for i in range(parts)]
+        return call(aten.split_with_sizes.default, (arg(0), sizes, a.get("axis", 0)))
+    if op == "slice":
+        starts, ends = _const_ints(node.inputs[1]), _const_ints(node.inputs[2])
+        axes = _const_ints(node.inputs[3]) if arg(3) is not None else list(range(len(starts)))
+        steps = _const_ints(node.inputs[4]) if arg(4) is not None else [1] * len(starts)
+        y = arg(0)
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            if st < 0:
+                raise UnsupportedError(f"{node.label()}: negative slice steps have no ATen slice")
+            y = call(aten.slice.Tensor, (y, ax, s, e, st))
+        return y
+    if op == "reduce_mean":
+        axes = a.get("axes")
+        return call(aten.mean.dim, (arg(0), list(axes) if axes else None, bool(a.get("keepdims", 1))))
+    raise UnsupportedError(f"{node.label()}: no ATen lowering for core.{op}")
+
+
+__all__ = ["lower_core_node"]
