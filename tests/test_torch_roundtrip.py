@@ -121,3 +121,55 @@ def test_raise_to_core_then_back_to_aten(name):
 
 def rec_model(report):
     return report.model
+
+
+def test_node_meta_keeps_module_stack_and_traces():
+    model, inputs = model_and_inputs("cnn")
+    ir = import_module(model, inputs)
+    conv = next(n for n in ir.graph if n.op == "conv2d")
+    assert "conv" in str(conv.meta["nn_module_stack"]) and conv.meta.get("stack_trace")
+
+
+def test_pt2_loads_through_torch_export(tmp_path):
+    model, inputs = model_and_inputs("cnn")
+    torch.export.save(torch.export.export(model, inputs), str(tmp_path / "m.pt2"))
+    gm = to_graph_module(refold.load(str(tmp_path / "m.pt2")))
+    torch.testing.assert_close(gm(*inputs)["logits"], model(*inputs)["logits"])
+
+
+def test_torchscript_refused_without_trust(tmp_path):
+    from refold.errors import SecurityError
+
+    model, inputs = model_and_inputs("cnn")
+    torch.jit.trace(model.conv, inputs).save(str(tmp_path / "ts.pt"))
+    with pytest.raises(SecurityError, match="TorchScript archive"):
+        refold.load(str(tmp_path / "ts.pt"))
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_pickle_with_code_refused_and_state_dict_explained(tmp_path):
+    from refold.errors import SecurityError
+
+    torch.save({"x": _Evil()}, str(tmp_path / "evil.pt"))
+    with pytest.raises(SecurityError, match="holds more than weights"):
+        refold.load(str(tmp_path / "evil.pt"))
+    torch.save(SmallCNN().state_dict(), str(tmp_path / "sd.pt"))
+    with pytest.raises(UnsupportedError, match="weights only, no graph"):
+        refold.load(str(tmp_path / "sd.pt"))
+
+
+def test_example_script_runs():
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "optimize_torch_cnn.py")
+    res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "torch.export of the result: ok" in res.stdout and "raise-to-core" in res.stdout

@@ -25,12 +25,15 @@ def resolve_path(src: str) -> str:
     return example_path(src.split(":", 1)[1]) if src.startswith("example:") else src
 
 
-def load(src: Any, example_inputs: Any = None) -> Model:
+def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False) -> Model:
     """Load a model into refold IR.
 
     >>> m = load(example_path())           # an ONNX path or ModelProto
     >>> m.opset >= 13
     True
+
+    Also: an ``nn.Module`` with ``example_inputs``, an ExportedProgram, a ``.pt2`` file; a
+    TorchScript file only with ``trust_code=True``; ``.pt`` pickles only as weights.
     """
     import onnx
 
@@ -41,7 +44,7 @@ def load(src: Any, example_inputs: Any = None) -> Model:
         if path.endswith((".pt", ".pt2", ".pth")):
             from refold.frontends.torch_import import load_torch_file  # the torch frontend
 
-            return load_torch_file(path, example_inputs)
+            return load_torch_file(path, example_inputs, trust_code=trust_code)
         from refold.frontends.onnx_import import load_onnx
 
         return load_onnx(path)

@@ -74,11 +74,15 @@ def _first_line(e: Exception) -> str:
 
 def _graph_breaks(model, args, kwargs) -> list[str]:
     """Every construct dynamo could not trace (torch._dynamo.explain), deduplicated."""
+    import contextlib
+    import io
+
     try:
         import torch._dynamo
 
         torch._dynamo.reset()
-        ex = torch._dynamo.explain(model)(*args, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            ex = torch._dynamo.explain(model)(*args, **kwargs)
         reasons = []
         for b in ex.break_reasons:
             where = ""
@@ -235,17 +239,41 @@ def import_module(model: torch.nn.Module, example_inputs, example_kwargs=None) -
 
 
 def load_torch_file(path: str, example_inputs=None, *, trust_code: bool = False) -> Model:
-    """A ``.pt2`` ExportedProgram (torch.export.load); TorchScript only with ``trust_code``."""
+    """Load a saved torch program without running untrusted code.
+
+    ``.pt2``: an ExportedProgram (``torch.export.load``). TorchScript archives contain code and are
+    refused unless ``trust_code=True`` (then converted to an ExportedProgram with the example
+    inputs). Anything else is read with ``torch.load(weights_only=True)``: a state dict holds no
+    graph, so refold asks for the module instead.
+    """
+    import pickle
     import zipfile
 
+    from refold.errors import InvalidModelError
+
     if path.endswith(".pt2"):
-        return import_exported(torch.export.load(path))
+        try:
+            return import_exported(torch.export.load(path))
+        except (RuntimeError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise InvalidModelError(f"{path}: not a torch.export archive ({_first_line(e)})") from None
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
-            if any(n.endswith("constants.pkl") or "/code/" in n for n in z.namelist()):
-                if not trust_code:
-                    raise SecurityError(f"{path}: TorchScript archives run code; pass trust_code=True "
-                                        f"to load one")
-    obj = torch.load(path, weights_only=True)
-    raise UnsupportedError(f"{path}: holds {type(obj).__name__} (weights only); pass the nn.Module "
-                           f"and example inputs to refold.load instead")
+            names = z.namelist()
+        if any(n.endswith(("constants.pkl", ".py")) or "/code/" in n for n in names):
+            if not trust_code:
+                raise SecurityError(f"{path}: is a TorchScript archive, which runs code when loaded; "
+                                    f"pass trust_code=True if you trust it")
+            if example_inputs is None:
+                raise UnsupportedError(f"{path}: converting TorchScript needs example_inputs")
+            from torch._export.converter import TS2EPConverter
+
+            ts = torch.jit.load(path)
+            return import_exported(TS2EPConverter(ts, tuple(example_inputs)).convert())
+    try:
+        obj = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        raise SecurityError(f"{path}: refused: holds more than weights ({_first_line(e)[:160]})") from None
+    except (RuntimeError, EOFError, ValueError) as e:
+        raise InvalidModelError(f"{path}: not a torch file ({_first_line(e)[:160]})") from None
+    raise UnsupportedError(f"{path}: holds {type(obj).__name__} (weights only, no graph); pass the "
+                           f"nn.Module and example inputs to refold.load instead")
