@@ -39,7 +39,7 @@ CASES = [
     ("add", [f32(2, 3), f32(3)], {}, ()), ("sub", [f32(2, 3), f32(2, 1)], {}, ()),
     ("mul", [f32(2, 3), f32(1)], {}, ()), ("div", [f32(2, 3), np.abs(f32(3)) + 1], {}, ()),
     ("relu", [f32(3, 4)], {}, ()), ("sigmoid", [f32(3, 4)], {}, ()), ("tanh", [f32(3, 4)], {}, ()),
-    ("silu", [f32(3, 4)], {}, ()), ("hardswish", [f32(3, 4) * 4], {}, ()),
+    ("silu", [f32(3, 4)], {}, ()), ("sqrt", [np.abs(f32(3, 4))], {}, ()), ("hardswish", [f32(3, 4) * 4], {}, ()),
     ("gelu", [f32(3, 4)], dict(approximate="none"), ()), ("gelu", [f32(3, 4)], dict(approximate="tanh"), ()),
     ("reshape", [f32(2, 3, 4), np.array([0, -1], np.int64)], dict(allowzero=0), (1,)),
     ("transpose", [f32(2, 3, 4)], dict(perm=[2, 0, 1]), ()),

@@ -58,6 +58,10 @@ def tiny_hf_model(name: str):
     if name == "mobilenetv2":
         m = tf.MobileNetV2Model(tf.MobileNetV2Config(depth_multiplier=0.35, image_size=64))
         return _randomize_bn(m).eval(), (torch.randn(1, 3, 64, 64),)
+    if name == "efficientnet":
+        m = tf.EfficientNetModel(tf.EfficientNetConfig(width_coefficient=0.25, depth_coefficient=0.25,
+                                                       image_size=64, hidden_dim=320))
+        return _randomize_bn(m).eval(), (torch.randn(1, 3, 64, 64),)
     raise KeyError(name)
 
 
@@ -99,20 +103,32 @@ def export_hf_onnx(name: str, path: str) -> str:
 
 
 def random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
-    """Give a light model-zoo graph random weights (its ConstantOfShape(0.02) fills), with positive
-    BatchNorm variance, so numeric tests mean something."""
-    from onnx import numpy_helper
+    """Give a light model-zoo graph random weights, so numeric tests mean something.
+
+    Its weights are ``ConstantOfShape(0.02)`` nodes; each becomes a random initializer (positive
+    where it feeds a BatchNormalization variance), listed as a graph input too below IR version 4.
+    """
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    var_names = {n.input[4] for n in m.graph.node if n.op_type == "BatchNormalization"}
-    for t in m.graph.initializer:
-        a = numpy_helper.to_array(t)
-        if a.dtype != np.float32:
-            continue
-        r = rng.standard_normal(a.shape).astype(np.float32) * 0.1
-        if t.name in var_names:
-            r = np.abs(r) + 0.5
-        t.CopyFrom(numpy_helper.from_array(r, t.name))
+    g = m.graph
+    inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    var_names = {n.input[4] for n in g.node if n.op_type == "BatchNormalization"}
+    keep, new = [], []
+    for n in g.node:
+        if n.op_type == "ConstantOfShape" and n.input[0] in inits:
+            shape = tuple(int(d) for d in inits[n.input[0]])
+            a = rng.standard_normal(shape).astype(np.float32) * 0.1
+            if n.output[0] in var_names:
+                a = np.abs(a) + 0.5
+            new.append(numpy_helper.from_array(a, n.output[0]))
+        else:
+            keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+    g.initializer.extend(new)
+    if m.ir_version < 4:
+        g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new)
     return m

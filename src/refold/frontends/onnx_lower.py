@@ -226,7 +226,7 @@ LOWER = {
     "batch_norm": _same("BatchNormalization"), "layer_norm": _layer_norm, "rms_norm": _rms_norm,
     "gemm": _same("Gemm"), "linear": _linear, "matmul": _same("MatMul"),
     "add": _same("Add"), "sub": _same("Sub"), "mul": _same("Mul"), "div": _same("Div"),
-    "relu": _same("Relu"), "sigmoid": _same("Sigmoid"), "tanh": _same("Tanh"), "gelu": _gelu,
+    "relu": _same("Relu"), "sigmoid": _same("Sigmoid"), "sqrt": _same("Sqrt"), "tanh": _same("Tanh"), "gelu": _gelu,
     "silu": _silu, "hardswish": _hardswish, "reshape": _reshape, "transpose": _same("Transpose"),
     "flatten": _same("Flatten"), "concat": _same("Concat"), "split": _split, "slice": _slice,
     "reduce_mean": lambda e, n, outs: _reduce_mean(e, n.inputs[0].name, n.attrs.get("axes"),

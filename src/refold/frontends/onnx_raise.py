@@ -229,7 +229,7 @@ RAISE: dict[tuple[str, str], Callable[[Node, int], object]] = {
     ("onnx", "Gemm"): _gemm, ("onnx", "MatMul"): _binary("matmul"),
     ("onnx", "Add"): _binary("add"), ("onnx", "Sub"): _binary("sub"), ("onnx", "Mul"): _binary("mul"),
     ("onnx", "Div"): _binary("div"), ("onnx", "Relu"): _unary("relu"), ("onnx", "Gelu"): _gelu,
-    ("onnx", "Sigmoid"): _unary("sigmoid"), ("onnx", "Tanh"): _unary("tanh"),
+    ("onnx", "Sigmoid"): _unary("sigmoid"), ("onnx", "Sqrt"): _unary("sqrt"), ("onnx", "Tanh"): _unary("tanh"),
     ("onnx", "HardSwish"): _unary("hardswish"), ("onnx", "Reshape"): _reshape,
     ("onnx", "Transpose"): lambda n, o: ("transpose", list(n.inputs), dict(perm=n.attrs.get("perm"))),
     ("onnx", "Flatten"): lambda n, o: ("flatten", list(n.inputs), dict(axis=n.attrs.get("axis", 1))),
@@ -318,7 +318,7 @@ def _ln_rules() -> list[Rule]:
     rules = []
     for sq_name, sq in (("pow", op.Pow(d, Const("two"))), ("mul", op.core.mul(d, d))):
         var = op.core.reduce_mean(sq, _name="mean2")
-        std = op.Sqrt(op.core.add(var, Const("eps")))
+        std = op.core.sqrt(op.core.add(var, Const("eps")))
         rules.append(Rule(f"layer-norm-decomposed-{sq_name}", op.core.div(d, std), _ln_rewrite,
                           _ln_axes_why_not))
     return rules

@@ -69,7 +69,7 @@ def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
         if dt is not None and not dt.is_float:
             return call(aten.div.Tensor_mode, (arg(0), arg(1)), {"rounding_mode": "trunc"})
         return call(aten.div.Tensor, (arg(0), arg(1)))
-    if op in ("relu", "sigmoid", "tanh", "silu", "hardswish"):
+    if op in ("relu", "sigmoid", "tanh", "silu", "hardswish", "sqrt"):
         return call(getattr(aten, op).default, (arg(0),))
     if op == "gelu":
         return call(aten.gelu.default, (arg(0),), {"approximate": a.get("approximate", "none")})

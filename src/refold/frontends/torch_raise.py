@@ -64,10 +64,22 @@ def _conv(c: _Call):
     if w.shape is None:
         return "weight rank unknown"
     k = len(w.shape) - 2
-    if isinstance(c.values.get("padding"), str):
-        return f"padding='{c.values['padding']}'"
     transposed = c.values.get("transposed", c.node.op.startswith("conv_transpose"))
-    strides, pads, dil = _ints(c["stride"], k), _ints(c["padding"], k), _ints(c["dilation"], k)
+    strides, dil = _ints(c["stride"], k), _ints(c["dilation"], k)
+    padding = c["padding"]
+    if isinstance(padding, str):
+        if padding == "valid":
+            pads = [0] * k
+        elif padding == "same" and strides == [1] * k and all(isinstance(d, int) for d in w.shape[2:]):
+            # torch pads d*(k-1) in total per dim, the odd one at the end
+            totals = [d * (kk - 1) for d, kk in zip(dil, w.shape[2:])]
+            return "conv", [c["input"], w, c["bias"] if c.is_tensor("bias") else None], dict(
+                strides=strides, pads=[t // 2 for t in totals] + [t - t // 2 for t in totals],
+                dilations=dil, group=c["groups"])
+        else:
+            return f"padding='{padding}' with strides {strides}"
+    else:
+        pads = _ints(padding, k)
     if None in (strides, pads, dil):
         return "symbolic stride, padding or dilation"
     bias = c["bias"] if c.is_tensor("bias") else None
@@ -206,7 +218,7 @@ RAISE: dict[str, Callable] = {
     "addmm": _addmm, "mm": _binary("matmul"), "matmul": _binary("matmul"), "bmm": _binary("matmul"),
     "add": _binary("add"), "sub": _binary("sub"), "mul": _binary("mul"), "div": _binary("div"),
     "relu": _unary("relu"), "sigmoid": _unary("sigmoid"), "tanh": _unary("tanh"), "silu": _unary("silu"),
-    "hardswish": _unary("hardswish"), "gelu": _gelu, "permute": _permute, "cat": _cat, "mean": _mean,
+    "hardswish": _unary("hardswish"), "sqrt": _unary("sqrt"), "gelu": _gelu, "permute": _permute, "cat": _cat, "mean": _mean,
 }
 NEEDS_GRAPH = {"view": _reshape, "reshape": _reshape, "_unsafe_view": _reshape, "split": _split,
                "split_with_sizes": _split, "slice": _slice}

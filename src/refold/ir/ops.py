@@ -192,6 +192,7 @@ for _name, _fn, _alg in (("add", torch.add, "x + y"), ("sub", torch.sub, "x - y"
 
 
 for _name, _fn, _alg in (("relu", F.relu, "max(x, 0)"), ("sigmoid", torch.sigmoid, "1 / (1 + e^-x)"),
+                         ("sqrt", torch.sqrt, "x ** 0.5"),
                          ("tanh", torch.tanh, "tanh(x)"), ("silu", F.silu, "x * sigmoid(x)"),
                          ("hardswish", F.hardswish, "x * relu6(x + 3) / 6")):
     core_op(_name, "x")(lambda ins, a, f=_fn: [f(ins[0])])

@@ -90,7 +90,10 @@ def fold_node(node: Node, opsets: dict[str, int], max_bytes: int) -> list[np.nda
 
 
 def _foldable(node: Node) -> bool:
+    # Parameters and buffers are model state (trainable, or mutated in place): never folded away.
     return (node.dialect in ("onnx", "core") and node.op not in NONDETERMINISTIC
+            and not node.meta.get("side_effect")
+            and all(v is None or v.kind in ("const", "input") for v in node.inputs)
             and node.op not in ("Identity",) and not node.subgraphs() and bool(node.inputs)
             and all(v is None or v.const is not None for v in node.inputs)
             and any(v is not None for v in node.inputs))

@@ -228,6 +228,8 @@ class Builder:
         else:
             self.graph.append(node)
         self.created.append(node)
+        if domain == "core":
+            _infer_core_types(node)
         return node.outputs[0] if num_outputs == 1 else list(node.outputs)
 
     def const(self, array: np.ndarray | Tensor, prefix: str = "const") -> Value:
@@ -243,6 +245,19 @@ class Builder:
             if not v._uses:
                 self.graph.remove_const(v)
         self.created, self.consts = [], []
+
+
+def _infer_core_types(node: Node) -> None:
+    """Give a new core node's outputs their types where the inputs' are known."""
+    from refold.errors import UnsupportedError
+    from refold.ir.ops import infer_types
+
+    try:
+        types = infer_types(node)
+    except UnsupportedError:
+        return
+    for v, (dtype, shape) in zip(node.outputs, types or []):
+        v.dtype, v.shape = dtype, shape
 
 
 @dataclasses.dataclass(eq=False)
