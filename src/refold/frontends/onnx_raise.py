@@ -38,12 +38,19 @@ def _auto_pads(node: Node, k: int, strides, dilations, kernel) -> list[int] | st
     if mode == "VALID":
         return [0] * (2 * k)
     x = node.inputs[0]
-    if x.shape is None or any(not isinstance(d, int) for d in x.shape[2:]) or kernel is None:
-        return f"auto_pad={mode} needs static spatial input dims"
+    if kernel is None:
+        return f"auto_pad={mode} needs the kernel shape"
+    unit = all(s == 1 for s in strides)  # with stride 1 the padding does not depend on the input size
+    if not unit and (x.shape is None or any(not isinstance(d, int) for d in x.shape[2:])):
+        return f"auto_pad={mode} with strides {strides} needs static spatial input dims"
     begins, ends = [], []
     for i in range(k):
-        n, s, d, kk = x.shape[2 + i], strides[i], dilations[i], kernel[i]
-        total = max((math.ceil(n / s) - 1) * s + (kk - 1) * d + 1 - n, 0)
+        s, d, kk = strides[i], dilations[i], kernel[i]
+        if unit:
+            total = (kk - 1) * d
+        else:
+            n = x.shape[2 + i]
+            total = max((math.ceil(n / s) - 1) * s + (kk - 1) * d + 1 - n, 0)
         small = total // 2
         begins.append(small if mode == "SAME_UPPER" else total - small)
         ends.append(total - begins[-1])

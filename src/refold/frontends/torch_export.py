@@ -50,20 +50,16 @@ def to_graph_module(model: Model) -> fx.GraphModule:
     names = {}
     for v in g.inputs:
         env[id(v)] = graph.placeholder(v.name)
-    for v in g.initializers.values():
-        target = v.meta.get("torch.target") or f"_refold_const.{v.name}"
+    for v, target in _targets(g).items():
         if v.kind == "submodule":
             root.add_module(target, v.meta["torch.module"])
-            names[id(v)] = target
-            continue
-        if v.kind == "param":
+        elif v.kind == "param":
             t = v.const.torch()
-            value = t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(
-                t, requires_grad=v.meta.get("requires_grad", True))
+            _assign(root, target, t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(
+                t, requires_grad=v.meta.get("requires_grad", True)), "param")
         else:
-            value = v.const.torch()
-        _assign(root, target, value, v.kind if v.kind in ("param", "buffer") else "const",
-                v.meta.get("torch.persistent", True))
+            _assign(root, target, v.const.torch(), v.kind if v.kind == "buffer" else "const",
+                    v.meta.get("torch.persistent", True))
         names[id(v)] = target
     for node in g:
         ins = []
@@ -99,6 +95,32 @@ def to_graph_module(model: Model) -> fx.GraphModule:
     gm = fx.GraphModule(root, graph, class_name=g.name or "RefoldModule")
     gm.graph.lint()
     return gm
+
+
+def _targets(g) -> dict[Value, str]:
+    """Attribute names for constants: each keeps its source name (``torch.target``) where it can.
+
+    Values the graph reads claim names first, in order; a rewritten copy whose original is still
+    read gets ``_folded`` appended; an original nothing reads any more yields its name to the copy
+    and is dropped if no name is left for it.
+    """
+    outs = {id(v) for v in g.outputs}
+    used = [v for v in g.initializers.values() if v._uses or id(v) in outs]
+    unused = [v for v in g.initializers.values() if not (v._uses or id(v) in outs)]
+    taken: dict[str, Value] = {}
+    out: dict[Value, str] = {}
+    for v in used:
+        target = v.meta.get("torch.target") or f"_refold_const.{v.name}"
+        while target in taken:
+            target += "_folded"
+        taken[target] = v
+        out[v] = target
+    for v in unused:
+        target = v.meta.get("torch.target") or f"_refold_const.{v.name}"
+        if target not in taken:
+            taken[target] = v
+            out[v] = target
+    return out
 
 
 def _env(env, names, graph, v: Value) -> fx.Node:

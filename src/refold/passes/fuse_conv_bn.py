@@ -58,6 +58,18 @@ def _weight_why_not(m: Match, *names: str) -> str | None:
     return None
 
 
+def _cast_all(b: Builder, *pairs) -> list[np.ndarray] | None:
+    """Cast each (array, like, what) back to its weight's type; None (reason on ``b``) on overflow."""
+    out = []
+    for arr, like, what in pairs:
+        r = _cast_back(np.asarray(arr, np.float64), like, what)
+        if isinstance(r, str):
+            b.reason = r
+            return None
+        out.append(r)
+    return out
+
+
 def _cast_back(arr: np.ndarray, like: Value, what: str) -> np.ndarray | str:
     """Folded values go back to the weight's type; fp16/bf16 overflow is a reason not to fold."""
     dt = like.dtype or DType.FLOAT
@@ -75,13 +87,10 @@ def _new_weight(b: Builder, arr: np.ndarray, like: Value | None, role: str,
     src = like if like is not None else weight
     v = b.const(Tensor.from_array(np.ascontiguousarray(arr)), prefix=f"{src.name}_bnfolded_{role}")
     v.kind = "param" if src.kind == "param" else "const"
-    if "torch.target" in src.meta:
+    if "torch.target" in src.meta:  # the exporter settles clashes with originals still in use
         target = src.meta["torch.target"]
         if like is None:
             target = target[: -len("weight")] + "bias" if target.endswith("weight") else target + "_bias"
-        taken = {x.meta.get("torch.target") for x in b.graph.initializers.values() if x is not src}
-        while target in taken:
-            target += "_folded"
         v.meta["torch.target"] = target
         v.meta["requires_grad"] = True
     return v
@@ -118,10 +127,10 @@ def _fold_conv_transpose(b: Builder, m: Match):
 
 
 def _emit(b: Builder, m: Match, op_name: str, W, B, w: Value, bias: Value | None):
-    W = _cast_back(W, w, "weight")
-    B = _cast_back(np.asarray(B, np.float64), w, "bias")
-    if isinstance(W, str) or isinstance(B, str):
+    cast = _cast_all(b, (W, w, "weight"), (B, w, "bias"))
+    if cast is None:
         return None
+    W, B = cast
     conv = m.node("conv")
     new_w = _new_weight(b, W, w, "weight")
     new_b = _new_weight(b, B, bias, "bias", w)
@@ -132,10 +141,11 @@ def _fold_linear(b: Builder, m: Match):
     # BN1d(Linear(x, W, b))  ==>  Linear(x, W * s[:, None], (b - mean) * s + beta)   W: [out, in]
     s, t = _bn_stats(m)
     w, bias = m["w"], m.get("b")
-    W = _cast_back(_f64(w) * s[:, None], w, "weight")
-    B = _cast_back((_f64(bias) * s if bias is not None else 0.0) + t, w, "bias")
-    if isinstance(W, str) or isinstance(B, str):
+    cast = _cast_all(b, (_f64(w) * s[:, None], w, "weight"),
+                     ((_f64(bias) * s if bias is not None else 0.0) + t, w, "bias"))
+    if cast is None:
         return None
+    W, B = cast
     return b.op("core.linear", m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, B, bias, "bias", w))
 
 
@@ -147,10 +157,10 @@ def _fold_gemm(b: Builder, m: Match):
     Wf = _f64(w)
     Wf = Wf * (s[:, None] if gemm.attrs.get("transB", 0) else s[None, :])
     C = (float(gemm.attrs.get("beta", 1.0)) * _f64(c) * s if c is not None else 0.0) + t
-    W = _cast_back(Wf, w, "weight")
-    C = _cast_back(np.asarray(C, np.float64), w, "bias")
-    if isinstance(W, str) or isinstance(C, str):
+    cast = _cast_all(b, (Wf, w, "weight"), (C, w, "bias"))
+    if cast is None:
         return None
+    W, C = cast
     attrs = dict(gemm.attrs, beta=1.0)
     return b.op("core.gemm", m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, C, c, "bias", w), **attrs)
 
@@ -159,10 +169,10 @@ def _fold_matmul(b: Builder, m: Match):
     # BN1d(A @ B)  ==>  A @ (B * s[None, :]) + t          B: [K, N], output [M, N]
     s, t = _bn_stats(m)
     w = m["w"]
-    W = _cast_back(_f64(w) * s[None, :], w, "weight")
-    T = _cast_back(t, w, "bias")
-    if isinstance(W, str) or isinstance(T, str):
+    cast = _cast_all(b, (_f64(w) * s[None, :], w, "weight"), (t, w, "bias"))
+    if cast is None:
         return None
+    W, T = cast
     y = b.op("core.matmul", m["x"], _new_weight(b, W, w, "weight"))
     return b.op("core.add", y, _new_weight(b, T, None, "bias", w))
 
@@ -208,10 +218,11 @@ def _fold_forward_linear(b: Builder, m: Match):
     s, t = _bn_stats(m)
     w, bias = m["w"], m.get("b")
     Wf = _f64(w)
-    W = _cast_back(Wf * s[None, :], w, "weight")
-    B = _cast_back(Wf @ t + (_f64(bias) if bias is not None else 0.0), w, "bias")
-    if isinstance(W, str) or isinstance(B, str):
+    cast = _cast_all(b, (Wf * s[None, :], w, "weight"),
+                     (Wf @ t + (_f64(bias) if bias is not None else 0.0), w, "bias"))
+    if cast is None:
         return None
+    W, B = cast
     return b.op("core.linear", m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, B, bias, "bias", w))
 
 
@@ -350,13 +361,21 @@ class FuseConvBN(Pass):
             if "atchNorm" in why or "batch_norm" in why:
                 not_folded[name] = why
         reasons = {node: why for r in stats.skipped.values() for node, why in r.items()}
+
+        def reason_for(bn: Node) -> str | None:
+            # forward-fold rules are rooted at the consumer; their reasons are keyed by it
+            for key in [bn.name or bn.outputs[0].name] + [u.name for u in bn.outputs[0].users]:
+                if key in reasons:
+                    return reasons[key]
+            return None
+
         for g in model.graph.all_graphs():
             for n in g:
                 if n.domain == CORE and n.op == "batch_norm":
                     key = n.name or n.outputs[0].name
                     prod = n.inputs[0].producer
                     why_prod = raised.stats.get("not_raised", {}).get(prod.name) if prod else None
-                    not_folded[key] = reasons.get(key) or (
+                    not_folded[key] = reason_for(n) or (
                         f"its producer {prod.qualified_op} could not be raised ({why_prod})" if why_prod else
                         f"input comes from {prod.qualified_op if prod else 'a graph input'}, not a "
                         f"conv or linear; no conv or linear without padding reads it alone")

@@ -22,8 +22,9 @@ def probe_inputs(model: Model, *, seed: int = 0, dims: dict[str, int] | None = N
             continue
         if v.dtype is None or v.shape is None:
             raise UnsupportedError(f"input '{v.name}' has no type or shape; pass probe inputs")
-        shape = tuple(d if isinstance(d, int) else (dims or {}).get(d, 1) if isinstance(d, str) else 1
-                      for d in v.shape)
+        # static dims as they are; symbolic ones from ``dims`` (default 1); -1 or unknown: 1
+        shape = tuple(d if isinstance(d, int) and d >= 0 else (dims or {}).get(d, 1) if isinstance(d, str)
+                      else 1 for d in v.shape)
         dt = v.dtype
         if dt.is_float:
             arr = rng.standard_normal(shape).astype(dt.numpy())

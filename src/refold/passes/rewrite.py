@@ -215,6 +215,7 @@ class Builder:
         self.anchor = anchor
         self.created: list[Node] = []
         self.consts: list[Value] = []
+        self.reason: str | None = None  # a rewrite that returns None may say why here
 
     def op(self, op: str, *inputs: Value | None, domain: str = "", num_outputs: int = 1,
            name: str | None = None, **attrs) -> Value | list[Value]:
@@ -311,6 +312,8 @@ def _fixed_point(graph: Graph, matchers, max_rounds: int, stats: RewriteStats) -
                 new = rule.rewrite(b, m)
                 if new is None:
                     b.rollback()
+                    if b.reason:
+                        stats.skipped.setdefault(rule.name, {})[node.name or node.outputs[0].name] = b.reason
                     continue
                 _commit(graph, rule, m, b, [new] if isinstance(new, Value) else list(new))
                 for mm in matchers:
