@@ -367,3 +367,13 @@ def test_tune_mode_trains_like_eval_mode_bn(name):
                 torch.testing.assert_close(ours[k].grad, p.grad, atol=1e-5, rtol=1e-4)
         opt_a.step()
         opt_b.step()
+
+
+def test_weights_behind_identity_nodes_fold():
+    # torch's legacy exporter routes parameters through Identity nodes
+    w = rng.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Identity", ["w_param"], ["w"], name="w_identity"),
+             helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), bn_node("c", "y")]
+    m = model(nodes, [init("w_param", w)] + bn_inits("bn", 4), (1, 4, 3, 3))
+    rec = fuse(m)
+    assert rec.stats["folded"] == 1 and ops(m) == ["conv"]

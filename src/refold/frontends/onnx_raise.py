@@ -392,9 +392,24 @@ def pattern_rules() -> list[Rule]:
     return _ln_rules() + _gelu_rules() + [_silu_rule(), _hardswish_rule(), _hardswish_clip_rule()]
 
 
+def forward_constant_identities(graph: Graph) -> int:
+    """Identity(constant) -> the constant itself, for every reader (exporters wrap weights so)."""
+    count = 0
+    for g in list(graph.all_graphs()):
+        outs = {id(v) for v in g.outputs}
+        for node in g:
+            if node.is_op("Identity", "") and node.inputs and node.inputs[0] is not None \
+                    and node.inputs[0].const is not None and id(node.outputs[0]) not in outs:
+                node.outputs[0].replace_all_uses_with(node.inputs[0])
+                g.remove(node)
+                count += 1
+    return count
+
+
 def raise_to_core(model: Model) -> tuple[int, RewriteStats, dict[str, str]]:
     """Raise a model in place; returns (nodes raised, pattern stats, reasons for nodes left)."""
     skipped: dict[str, str] = {}
-    n = raise_nodes(model.graph, model.opset_imports, skipped)
+    n = forward_constant_identities(model.graph)
+    n += raise_nodes(model.graph, model.opset_imports, skipped)
     stats = apply_rules(model.graph, pattern_rules())
     return n, stats, skipped

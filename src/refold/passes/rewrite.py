@@ -249,7 +249,15 @@ class Builder:
 
 
 def _infer_core_types(node: Node) -> None:
-    """Give a new core node's outputs their types where the inputs' are known."""
+    """Give a new core node's outputs their types where the inputs' are known.
+
+    The registry infers with torch meta tensors. Graphs from ONNX do not import torch for this
+    (3 s here); the infer-shapes pass types them with onnx's inference when needed.
+    """
+    import sys
+
+    if "torch" not in sys.modules:
+        return
     from refold.errors import UnsupportedError
     from refold.ir.ops import infer_types
 
