@@ -377,3 +377,27 @@ def test_weights_behind_identity_nodes_fold():
     m = model(nodes, [init("w_param", w)] + bn_inits("bn", 4), (1, 4, 3, 3))
     rec = fuse(m)
     assert rec.stats["folded"] == 1 and ops(m) == ["conv"]
+
+
+def test_bn1d_before_linear_folds_forward():
+    # Linear(x*s + t) = (W*s) x + (W t + b), exact for BatchNorm1d over [N, C]
+    lin = torch.nn.Sequential(torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 6)).eval()
+    zoo._randomize_bn(lin)
+    x = torch.randn(5, 4)
+    gm, report = refold.optimize(lin, (x,), passes=["fuse-conv-bn"], atol=1e-5, rtol=1e-5)
+    assert report.passes[0].stats["by_rule"] == {"fuse-bn-linear": 1}
+    torch.testing.assert_close(gm(x), lin(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cli_pass_options(tmp_path, capsys):
+    nodes = [helper.make_node("Relu", ["x"], ["p"], name="pre"), bn_node("p", "y")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=bn_inits("bn", 4))
+    src = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(src))
+    assert cli.main(["run", str(src), "-p", "fuse-conv-bn:affine=true", "-o", str(tmp_path / "o.onnx")]) == 0
+    assert "affine=1" in capsys.readouterr().out
+    assert [n.op_type for n in onnx.load(str(tmp_path / "o.onnx")).graph.node] == ["Relu", "Mul", "Add"]
+    assert cli.main(["run", str(src), "-p", "fuse-conv-bn:mode=tune", "-o", str(tmp_path / "t.onnx")]) == 4
+    assert "use mode='deploy'" in capsys.readouterr().err
+    assert cli.main(["run", str(src), "-p", "fuse-conv-bn:bogus=1", "-o", str(tmp_path / "t.onnx")]) == 2

@@ -45,8 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                        "numerically after each, then write OUT atomically.", epilog=EPILOG)
     r.add_argument("model", metavar="MODEL")
     r.add_argument("-p", "--pass", dest="passes", action="append", metavar="PASS",
-                   help="a pass from `refold passes` (repeatable; default: infer-shapes, "
-                        "fold-constants, cse, dce)")
+                   help="a pass from `refold passes`, options after a colon "
+                        "(fuse-conv-bn:affine=true); repeatable; default: infer-shapes, "
+                        "fold-constants, cse, dce")
     r.add_argument("-o", "--output", required=True, metavar="OUT", help="where to write the model")
     r.add_argument("--no-check", action="store_true", help="skip the numeric check")
     r.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance (default 1e-4)")

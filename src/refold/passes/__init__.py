@@ -18,15 +18,41 @@ PASSES: dict[str, Callable[[], Pass]] = {
 }
 
 
+def _option(text: str):
+    low = text.lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def get_pass(spec: str | Pass) -> Pass:
-    """A pass instance from a registered name (``"dce"``) or an instance."""
+    """A pass from a registered name with optional options, or an instance.
+
+    >>> get_pass("fuse-conv-bn:mode=deploy,affine=true").affine
+    True
+    """
     if isinstance(spec, Pass):
         return spec
+    name, _, opts = spec.partition(":")
+    if name not in PASSES:
+        raise UsageError(f"unknown pass '{name}'; `refold passes` lists them: {', '.join(sorted(PASSES))}")
+    kwargs = {}
+    for item in filter(None, opts.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise UsageError(f"pass option '{item}' in '{spec}' is not KEY=VALUE")
+        kwargs[key.strip().replace("-", "_")] = _option(value.strip())
     try:
-        return PASSES[spec]()
-    except KeyError:
-        raise UsageError(f"unknown pass '{spec}'; `refold passes` lists them: "
-                         f"{', '.join(sorted(PASSES))}") from None
+        return PASSES[name](**kwargs)
+    except TypeError as e:
+        raise UsageError(f"pass '{name}' does not take options {sorted(kwargs)} ({e})") from None
 
 
 __all__ = ["Pass", "PassManager", "PassRecord", "PassResult", "Report", "PASSES", "get_pass",
