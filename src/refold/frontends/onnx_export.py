@@ -48,16 +48,9 @@ def to_onnx(model: Model, sink: TensorSink = inline_tensor) -> onnx.ModelProto:
         for dom, ver in ctx.opsets.items():
             o = m.opset_import.add()
             o.domain, o.version = dom, ver
-    if model.producer_name:
-        m.producer_name = model.producer_name
-    if model.producer_version:
-        m.producer_version = model.producer_version
-    if model.domain:
-        m.domain = model.domain
-    if model.model_version:
-        m.model_version = model.model_version
-    if model.doc_string:
-        m.doc_string = model.doc_string
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        if getattr(model, field):
+            setattr(m, field, getattr(model, field))
     for k, v in model.metadata_props.items():
         p = m.metadata_props.add()
         p.key, p.value = k, v

@@ -15,6 +15,7 @@ from refold.ir.graph import CORE, Graph, Model, Node
 from refold.ir.tensor import Tensor
 from refold.passes.base import Pass, PassResult
 from refold.passes.cse import NONDETERMINISTIC
+from refold.passes.rewrite import remove_dead
 
 DEFAULT_MAX_BYTES = 1 << 20
 
@@ -123,11 +124,7 @@ def fold_graph(g: Graph, opsets: dict[str, int], max_bytes: int, skipped: dict[s
             new.meta["provenance"] = {"rule": "fold-constants", "sources": [node.name or name]}
             g.substitute(old, new)
         if not any(v._uses for v in node.outputs):
-            ins = [v for v in node.inputs if v is not None]
-            g.remove(node)
-            for v in ins:
-                if not v._uses and v.kind == "const" and g.initializers.get(v.name) is v:
-                    g.remove_const(v)
+            remove_dead(g, [node])
             folded += 1
     return folded
 
