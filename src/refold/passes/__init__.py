@@ -9,12 +9,13 @@ from refold.passes.cse import CommonSubexpressionElimination
 from refold.passes.dce import DeadCodeElimination
 from refold.passes.fold_constants import FoldConstants
 from refold.passes.fuse_conv_bn import FuseConvBN
+from refold.passes.layernorm_to_rmsnorm import LayerNormToRMSNorm
 from refold.passes.raise_core import RaiseToCore
 from refold.passes.shape_inference import InferShapes
 
 PASSES: dict[str, Callable[[], Pass]] = {
     p.name: p for p in (DeadCodeElimination, CommonSubexpressionElimination, FoldConstants,
-                        InferShapes, RaiseToCore, FuseConvBN)
+                        InferShapes, RaiseToCore, FuseConvBN, LayerNormToRMSNorm)
 }
 
 
@@ -56,5 +57,5 @@ def get_pass(spec: str | Pass) -> Pass:
 
 
 __all__ = ["Pass", "PassManager", "PassRecord", "PassResult", "Report", "PASSES", "get_pass",
-           "CommonSubexpressionElimination", "DeadCodeElimination", "FoldConstants", "FuseConvBN", "InferShapes",
+           "CommonSubexpressionElimination", "DeadCodeElimination", "FoldConstants", "FuseConvBN", "InferShapes", "LayerNormToRMSNorm",
            "RaiseToCore"]

@@ -1,0 +1,144 @@
+"""layernorm-to-rmsnorm: Pre-LN transformers become Pre-RMSNorm exactly; Post-LN is refused with
+reasons; already-RMSNorm models are a no-op."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import refold
+import zoo
+from refold import cli
+from refold.frontends.onnx_import import load_onnx
+from refold.passes import LayerNormToRMSNorm, PassManager
+
+
+def hf(name):
+    m, inp = zoo.tiny_hf_model(name)
+    if hasattr(m.config, "use_cache"):
+        m.config.use_cache = False
+    return m, inp
+
+
+def count(gm, what):
+    return sum(what in str(n.target) for n in gm.graph.nodes)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "vit"])
+def test_pre_ln_torch_models_convert_every_layernorm(name):
+    model, inputs = hf(name)
+    gm, report = refold.optimize(model, inputs, passes=["layernorm-to-rmsnorm"], atol=1e-5, rtol=1e-5)
+    st = report.passes[0].stats
+    assert st["converted"] == st["layer_norms"] == 5 and st["not_converted"] == {}
+    assert count(gm, "layer_norm") == 0 and count(gm, "rms_norm") == 5
+    torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-5)
+    torch.export.export(gm, inputs)
+    again = PassManager([LayerNormToRMSNorm()], check=False).run(refold.load(gm, inputs))
+    assert again.passes[0].modified is False  # idempotent
+
+
+@pytest.mark.parametrize("name", ["gpt2", "vit"])
+def test_pre_ln_onnx_exports_convert_through_the_cli(name, hf_onnx, tmp_path, capsys):
+    src = hf_onnx(name)
+    out, rep = tmp_path / "rms.onnx", tmp_path / "r.json"
+    code = cli.main(["run", src, "-p", "layernorm-to-rmsnorm", "-o", str(out), "--atol", "1e-5", "--rtol", "1e-5",
+                     "--json", str(rep)])
+    assert code == 0, capsys.readouterr().err
+    st = json.loads(rep.read_text())["passes"][0]["stats"]
+    assert st["converted"] == 5 and st["not_converted"] == {}
+    assert not any(n.op_type == "LayerNormalization" for n in onnx.load(str(out)).graph.node)
+
+
+def test_post_ln_bert_refused_per_layernorm():
+    model, inputs = hf("bert")
+    gm, report = refold.optimize(model, inputs, passes=["layernorm-to-rmsnorm"], atol=1e-5, rtol=1e-5)
+    st = report.passes[0].stats
+    # The embedding LayerNorm reads the sum of three embedding tables: recentring them is exact, so
+    # it converts. Every encoder LayerNorm reads a Post-LN stream and stays, with the reason.
+    assert st["converted"] == 1 and len(st["not_converted"]) == 4
+    assert all("Post-LN" in why for why in st["not_converted"].values())
+    torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_llama_is_already_rmsnorm():
+    model, inputs = hf("llama")
+    gm, report = refold.optimize(model, inputs, passes=["layernorm-to-rmsnorm"])
+    rec = report.passes[0]
+    assert rec.modified is False and rec.stats["layer_norms"] == 0 and rec.stats["not_converted"] == {}
+    torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=0, rtol=0)
+
+
+# -- hand-made Pre-LN blocks: decomposed forms and raw-stream readers --------------------------
+
+rng = np.random.default_rng(0)
+
+
+def pre_ln_block(decomposed_opset18=False, stream_is_output=False, gelu_writer=False):
+    """x -> h = x@We + pos;  y = h + (LN(h) @ W1 + b1);  out = LN(y) @ Wo."""
+    d = 8
+    inits = [numpy_helper.from_array(rng.standard_normal((4, d)).astype(np.float32), "We"),
+             numpy_helper.from_array(rng.standard_normal((1, 3, d)).astype(np.float32), "pos"),
+             numpy_helper.from_array(rng.standard_normal((d, d)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal(d).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((d, 2)).astype(np.float32), "Wo"),
+             numpy_helper.from_array((rng.standard_normal(d) + 1).astype(np.float32), "g"),
+             numpy_helper.from_array(rng.standard_normal(d).astype(np.float32), "beta"),
+             numpy_helper.from_array(np.array(1e-5, np.float32), "eps"),
+             numpy_helper.from_array(np.array(2.0, np.float32), "two"),
+             numpy_helper.from_array(np.array([-1], np.int64), "axes")]
+    nodes = [helper.make_node("MatMul", ["x", "We"], ["e"]), helper.make_node("Add", ["e", "pos"], ["h"])]
+
+    def ln(inp, out, tag):
+        if not decomposed_opset18:
+            return [helper.make_node("LayerNormalization", [inp, "g", "beta"], [out], axis=-1, name=tag)]
+        return [helper.make_node("ReduceMean", [inp, "axes"], [f"{tag}_m"], keepdims=1),
+                helper.make_node("Sub", [inp, f"{tag}_m"], [f"{tag}_d"]),
+                helper.make_node("Pow", [f"{tag}_d", "two"], [f"{tag}_sq"]),
+                helper.make_node("ReduceMean", [f"{tag}_sq", "axes"], [f"{tag}_v"], keepdims=1),
+                helper.make_node("Add", [f"{tag}_v", "eps"], [f"{tag}_ve"]),
+                helper.make_node("Sqrt", [f"{tag}_ve"], [f"{tag}_s"]),
+                helper.make_node("Div", [f"{tag}_d", f"{tag}_s"], [f"{tag}_n"]),
+                helper.make_node("Mul", [f"{tag}_n", "g"], [f"{tag}_ng"]),
+                helper.make_node("Add", [f"{tag}_ng", "beta"], [out], name=tag)]
+
+    nodes += ln("h", "n1", "ln1")
+    nodes += [helper.make_node("MatMul", ["n1", "W1"], ["f"]), helper.make_node("Add", ["f", "b1"], ["fb"])]
+    if gelu_writer:
+        nodes.append(helper.make_node("Tanh", ["fb"], ["fw"]))
+    nodes.append(helper.make_node("Add", ["h", "fw" if gelu_writer else "fb"], ["y"]))
+    nodes += ln("y", "n2", "ln2")
+    nodes.append(helper.make_node("MatMul", ["n2", "Wo"], ["out"]))
+    outs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if stream_is_output:
+        outs.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    g = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          outs, initializer=inits)
+    return load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_block_converts_in_both_forms(decomposed):
+    m = pre_ln_block(decomposed_opset18=decomposed)
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    assert rec.stats["converted"] == 2, rec.stats
+    assert not any(n.op == "layer_norm" for n in m.graph)
+
+
+def test_raw_stream_reader_and_nonlinear_writer_refused():
+    m = pre_ln_block(stream_is_output=True)
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    assert rec.stats["converted"] == 0
+    assert all("graph output" in why or "also read by" in why for why in rec.stats["not_converted"].values())
+    m = pre_ln_block(gelu_writer=True)
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    assert rec.stats["converted"] == 1  # ln1 reads x@We + pos; ln2 reads a Tanh writer
+    assert "not linear" in list(rec.stats["not_converted"].values())[0]
+
+
+def test_crmsnorm_says_not_implemented():
+    from refold.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match="not implemented"):
+        LayerNormToRMSNorm(compress=True)
