@@ -142,3 +142,25 @@ def test_crmsnorm_says_not_implemented():
 
     with pytest.raises(UnsupportedError, match="not implemented"):
         LayerNormToRMSNorm(compress=True)
+
+
+def test_ppocr_rec_layernorms_recognised_and_refused_with_reason():
+    m = load_onnx(zoo.ppocr_path("rec"))
+    m.graph.inputs[0].shape = zoo.PPOCR_SHAPES["rec"]
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    # its 5 written-out LayerNorms are found; the stream they read starts at a Swish output
+    assert rec.stats["layer_norms"] == 5 and rec.stats["converted"] == 0
+    assert all("not linear" in why for why in rec.stats["not_converted"].values())
+
+
+def test_target_ort_emits_simplified_layer_normalization(hf_onnx, tmp_path, capsys):
+    out = tmp_path / "ort.onnx"
+    assert cli.main(["run", hf_onnx("gpt2"), "-p", "layernorm-to-rmsnorm:target=ort", "-o", str(out),
+                     "--atol", "1e-5", "--rtol", "1e-5"]) == 0
+    proto = onnx.load(str(out))
+    simplified = [n for n in proto.graph.node if n.op_type == "SimplifiedLayerNormalization"]
+    # ONNX Runtime registers SimplifiedLayerNormalization in the default domain
+    assert len(simplified) == 5 and all(n.domain == "" for n in simplified)
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])

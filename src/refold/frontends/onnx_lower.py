@@ -101,9 +101,8 @@ def _rms_norm(e: _Emit, n: Node, outs: list[str]) -> None:
         e("RMSNormalization", [x.name, scale.name], outs, axis=axis, epsilon=eps)
         return
     if n.meta.get("lower_to") == "ort" and scale is not None:
-        e.exporter.require_opset("com.microsoft", 1)
-        e("SimplifiedLayerNormalization", [x.name, scale.name], outs, domain="com.microsoft",
-          axis=axis, epsilon=eps)
+        # ONNX Runtime registers this contrib op in the default domain (not com.microsoft)
+        e("SimplifiedLayerNormalization", [x.name, scale.name], outs, axis=axis, epsilon=eps)
         return
     axes = _norm_axes(x, axis)
     ms = _reduce_mean(e, e("Mul", [x.name, x.name]), axes, 1)

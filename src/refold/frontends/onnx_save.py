@@ -134,7 +134,9 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
         finally:
             if writer is not None and not writer.f.closed:
                 writer.f.close()
-        if check:
+        if check and model.meta.get("target_runtime") == "onnxruntime":
+            _check_with_onnxruntime(staged, path)
+        elif check:
             try:
                 onnx.checker.check_model(staged, full_check=True)
             except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
@@ -147,6 +149,18 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
         _fsync_dir(folder)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_with_onnxruntime(staged: str, path: str) -> None:
+    """Models targeting ONNX Runtime use its contrib ops, which onnx.checker does not know: such a
+    model is validated by loading it in ONNX Runtime."""
+    import onnxruntime as ort
+
+    try:
+        ort.InferenceSession(staged, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise InvalidModelError(f"{path}: the result does not load in ONNX Runtime, so nothing was "
+                                f"written: {str(e).splitlines()[0][:300]}") from None
 
 
 def _fsync_dir(folder: str) -> None:

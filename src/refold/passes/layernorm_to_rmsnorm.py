@@ -301,6 +301,8 @@ class LayerNormToRMSNorm(Pass):
         self._apply_edits(graph, total)
         for ln in plans:
             self._replace(graph, ln, model)
+        if self.target == "ort":
+            model.meta["target_runtime"] = "onnxruntime"  # ORT-only ops: checked with ORT on save
         return PassResult(model, True, {"converted": len(plans), "rewrites": len(plans), "layer_norms": len(lns),
                                         "recentred_constants": len(total.edits), "not_converted": reasons})
 

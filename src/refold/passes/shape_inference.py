@@ -62,6 +62,40 @@ def infer_shapes(model: Model) -> int:
             for v in n.outputs:
                 if v.kind != "omitted" and v.name in found:
                     changed += _merge(v, *found[v.name])
+    return changed + _probe_fill(model)
+
+
+def _probe_fill(model: Model, max_weight_bytes: int = 256 << 20) -> int:
+    """Values onnx could not type (computed reshapes, custom ops) get the type they have in one
+    ONNX Runtime run on probe inputs: the full shape when every graph input is static, else only
+    the rank (the dims would belong to the probe, not the model)."""
+    from refold.frontends.onnx_save import weight_bytes
+    from refold.passes.probe import OnnxRunner, probe_inputs
+
+    missing = [v for n in model.graph for v in n.outputs
+               if v.kind != "omitted" and (v.shape is None or v.dtype is None)]
+    if not missing or model.source != "onnx" or weight_bytes(model) > max_weight_bytes:
+        return 0
+    static = all(v.shape is not None and all(isinstance(d, int) and d >= 0 for d in v.shape)
+                 for v in model.graph.inputs if v.const is None)
+    try:
+        runner = OnnxRunner(to_onnx(model), extra_outputs=[v.name for v in missing])
+        got = runner.run(probe_inputs(model))
+    except Exception:  # no runtime can run it: leave the types unknown
+        return 0
+    from refold.ir.dtypes import DType
+
+    changed = 0
+    for v in missing:
+        a = got.get(v.name)
+        if a is None or not hasattr(a, "shape"):
+            continue
+        shape = tuple(a.shape) if static else tuple([None] * a.ndim)
+        try:
+            dtype = DType.from_numpy(a.dtype)
+        except Exception:
+            dtype = None
+        changed += _merge(v, dtype, shape)
     return changed
 
 
