@@ -39,8 +39,21 @@ def _merge(v: Value, dtype, shape) -> bool:
     return changed
 
 
-def infer_shapes(model: Model) -> int:
-    """Fill in dtypes and shapes; returns how many values gained information."""
+def infer_shapes(model: Model, max_rounds: int = 4) -> int:
+    """Fill in dtypes and shapes, to a fixed point; returns how many values gained information.
+
+    Rounds repeat because each one can resolve what the last left symbolic (onnx names unknown
+    dims ``unk__N`` first and resolves them once the values upstream are typed)."""
+    total = 0
+    for _ in range(max_rounds):
+        n = _infer_round(model)
+        total += n
+        if not n:
+            break
+    return total
+
+
+def _infer_round(model: Model) -> int:
     proto = to_onnx(model, _stub_sink)
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     found: dict[str, tuple] = {}
