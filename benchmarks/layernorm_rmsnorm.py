@@ -68,7 +68,8 @@ def main() -> None:
             model.config.use_cache = use_cache
         with tempfile.TemporaryDirectory() as d:
             src, dst = os.path.join(d, "m.onnx"), os.path.join(d, "rms.onnx")
-            torch.onnx.export(_First(model), (x,), src, dynamo=False, opset_version=17, input_names=["x"])
+            # a fresh wrapper is in training mode, and the exporter restores that mode recursively
+            torch.onnx.export(_First(model).eval(), (x,), src, dynamo=False, opset_version=17, input_names=["x"])
             with open(os.devnull, "w") as devnull:
                 out, sys.stdout = sys.stdout, devnull
                 try:
