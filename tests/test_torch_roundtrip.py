@@ -173,3 +173,14 @@ def test_example_script_runs():
     res = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "torch.export of the result: ok" in res.stdout and "raise-to-core" in res.stdout
+
+
+def test_torchscript_with_trust_and_exported_program_objects(tmp_path):
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 8, 8)
+    torch.jit.trace(m, (x,)).save(str(tmp_path / "ts.pt"))
+    gm = to_graph_module(refold.load(str(tmp_path / "ts.pt"), (x,), trust_code=True))
+    out = gm(x)
+    torch.testing.assert_close(out[0] if isinstance(out, (tuple, list)) else out, m(x))
+    gm = to_graph_module(refold.load(torch.export.export(m, (x,))))
+    torch.testing.assert_close(gm(x), m(x))
