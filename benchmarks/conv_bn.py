@@ -106,7 +106,6 @@ def training(name: str, steps: int) -> None:
 
 
 def onnx_runtime(name: str, iters: int, folder: str) -> None:
-    import numpy as np
     import onnxruntime as ort
 
     from refold import cli

@@ -13,7 +13,6 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 
 import torch
 

@@ -84,7 +84,6 @@ def test_bias_is_rescaled():
     bias = m.graph.initializers["cb"].const.numpy().copy()
     fuse(m)
     conv = m.graph.nodes[0]
-    s = m.graph.initializers  # originals are gone; the new bias must differ from b + t
     assert conv.op == "conv" and not np.allclose(conv.inputs[2].const.numpy(), bias)
 
 

@@ -9,7 +9,7 @@ import zoo
 from refold.frontends.onnx_export import to_onnx
 from refold.frontends.onnx_import import load_onnx
 from refold.frontends.onnx_save import save_onnx
-from refold.passes.probe import OnnxRunner, max_errors, probe_inputs
+from refold.passes.probe import OnnxRunner, probe_inputs
 
 
 def _roundtrip_file(src: str, tmp_path, shape=None, dims=None):

@@ -73,30 +73,6 @@ def check_header(model: onnx.ModelProto, where: str) -> None:
                                    f"{onnx.__version__} supports ({newest})")
 
 
-def iter_tensor_protos(graph: onnx.GraphProto, functions=()):
-    """Every TensorProto in a graph: initializers, Constant/attribute tensors, subgraphs, functions."""
-    yield from graph.initializer
-    for sp in graph.sparse_initializer:
-        yield sp.values
-        yield sp.indices
-    for node in graph.node:
-        yield from _node_tensors(node)
-    for f in functions:
-        for node in f.node:
-            yield from _node_tensors(node)
-
-
-def _node_tensors(node):
-    for a in node.attribute:
-        if a.HasField("t"):
-            yield a.t
-        yield from a.tensors
-        if a.HasField("g"):
-            yield from iter_tensor_protos(a.g)
-        for g in a.graphs:
-            yield from iter_tensor_protos(g)
-
-
 def resolve_external(tensor: onnx.TensorProto, base_dir: str | None, where: str) -> ExternalRef:
     """Check one external-data reference and return where its bytes lie.
 

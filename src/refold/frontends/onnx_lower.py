@@ -48,13 +48,6 @@ def _trim(names: list[str]) -> list[str]:
     return names
 
 
-def _spatial(node: Node) -> int:
-    w = node.inputs[1]
-    if w.shape is not None:
-        return len(w.shape) - 2
-    return len(node.attrs.get("strides") or node.attrs.get("dilations"))
-
-
 def _reduce_mean(e: _Emit, x: str, axes: list[int] | None, keepdims: int, out: list[str] | None = None) -> str:
     if axes is None:
         return e("ReduceMean", [x], out, keepdims=keepdims)

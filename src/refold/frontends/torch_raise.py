@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from refold.frontends.torch_import import ATEN, TensorArg
-from refold.ir.graph import CORE, Graph, Model, Node, Value
+from refold.ir.graph import CORE, Graph, Model, Node
 from refold.passes.rewrite import Builder, Match, Rule, RewriteStats, Var, apply_rules, op
 
 

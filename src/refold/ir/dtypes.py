@@ -62,7 +62,6 @@ class DType(enum.IntEnum):
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(self)))
 
     def torch(self):
-        import torch
 
         try:
             return _torch_map()[self]

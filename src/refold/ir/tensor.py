@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -157,7 +156,3 @@ def check_inline_payload(proto, where: str) -> None:
         raise InvalidModelError(f"{where}: tensor '{proto.name}' declares {list(proto.dims)} "
                                 f"{dtype.name} ({n} elements) but holds {got} values")
 
-
-def file_identity(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino)

@@ -10,7 +10,6 @@ import dataclasses
 import time
 from typing import Any
 
-import numpy as np
 
 from refold.errors import PassFailedError, RefoldError, UnsupportedError
 from refold.ir.graph import Model

@@ -262,7 +262,7 @@ class LayerNormToRMSNorm(Pass):
         self.target = target
 
     def call(self, model: Model) -> PassResult:
-        raised = RaiseToCore().call(model)
+        RaiseToCore().call(model)
         graph = model.graph
         lns = [n for n in graph if n.domain == CORE and n.op == "layer_norm"]
         analysis = _Analysis(graph)

@@ -13,7 +13,7 @@ explode), then binds variables; a repeated variable must bind the same value.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
