@@ -94,9 +94,8 @@ def _conv_transpose(node: Node, opset: int):
 
 
 def _used_outputs(node: Node, first: int = 1) -> list[str]:
-    outs = {id(o) for o in node.graph.outputs} if node.graph else set()
     return [v.name for v in node.outputs[first:]
-            if v.kind != "omitted" and (v._uses or id(v) in outs)]
+            if v.kind != "omitted" and (v._uses or (node.graph is not None and node.graph.is_output(v)))]
 
 
 def _batch_norm(node: Node, opset: int):
@@ -112,24 +111,17 @@ def _batch_norm(node: Node, opset: int):
     return "batch_norm", list(node.inputs[:5]), dict(epsilon=node.attrs.get("epsilon", 1e-5))
 
 
-def _layer_norm(node: Node, opset: int):
-    used = _used_outputs(node)
-    if used:
-        return f"optional outputs {used} are in use"
-    if node.attrs.get("stash_type", 1) != 1:
-        return "stash_type is not float32"
-    return "layer_norm", list(node.inputs), dict(axis=node.attrs.get("axis", -1),
-                                                 epsilon=node.attrs.get("epsilon", 1e-5))
-
-
-def _rms_norm(node: Node, opset: int):
-    used = _used_outputs(node)
-    if used:
-        return f"optional outputs {used} are in use"
-    if node.attrs.get("stash_type", 1) != 1:
-        return "stash_type is not float32"
-    return "rms_norm", list(node.inputs[:2]), dict(axis=node.attrs.get("axis", -1),
-                                                   epsilon=node.attrs.get("epsilon", 1e-5))
+def _norm(core: str, n_inputs: int):
+    """LayerNormalization / RMSNormalization / SimplifiedLayerNormalization: same rules."""
+    def f(node: Node, opset: int):
+        used = _used_outputs(node)
+        if used:
+            return f"optional outputs {used} are in use"
+        if node.attrs.get("stash_type", 1) != 1:
+            return "stash_type is not float32"
+        return core, list(node.inputs[:n_inputs]), dict(axis=node.attrs.get("axis", -1),
+                                                        epsilon=node.attrs.get("epsilon", 1e-5))
+    return f
 
 
 def _same_dtype(node: Node):
@@ -231,8 +223,9 @@ def _qdq(core: str):
 
 RAISE: dict[tuple[str, str], Callable[[Node, int], object]] = {
     ("onnx", "Conv"): _conv, ("onnx", "ConvTranspose"): _conv_transpose,
-    ("onnx", "BatchNormalization"): _batch_norm, ("onnx", "LayerNormalization"): _layer_norm,
-    ("onnx", "RMSNormalization"): _rms_norm, ("com.microsoft", "SimplifiedLayerNormalization"): _rms_norm,
+    ("onnx", "BatchNormalization"): _batch_norm, ("onnx", "LayerNormalization"): _norm("layer_norm", 3),
+    ("onnx", "RMSNormalization"): _norm("rms_norm", 2),
+    ("com.microsoft", "SimplifiedLayerNormalization"): _norm("rms_norm", 2),
     ("onnx", "Gemm"): _gemm, ("onnx", "MatMul"): _binary("matmul"),
     ("onnx", "Add"): _binary("add"), ("onnx", "Sub"): _binary("sub"), ("onnx", "Mul"): _binary("mul"),
     ("onnx", "Div"): _binary("div"), ("onnx", "Relu"): _unary("relu"), ("onnx", "Gelu"): _gelu,

@@ -264,6 +264,16 @@ class Graph:
         self.initializers[name] = v
         return v
 
+    def is_output(self, v: Value) -> bool:
+        return any(o is v for o in self.outputs)
+
+    def release_const(self, v: Value) -> bool:
+        """Drop a plain constant (not a parameter, buffer or input) that nothing reads any more."""
+        if v.kind == "const" and not v._uses and self.initializers.get(v.name) is v and not self.is_output(v):
+            self.remove_const(v)
+            return True
+        return False
+
     def remove_const(self, v: Value) -> None:
         if v._uses:
             raise ValueError(f"constant '{v.name}' still has users")
@@ -375,10 +385,10 @@ class Graph:
         it is a fresh intermediate, otherwise an Identity carries the value under the old name.
         """
         old.replace_all_uses_with(new)
-        if not any(o is old for o in self.outputs):
+        if not self.is_output(old):
             return
         fresh = (new.producer is not None and new.producer.graph is self and new.kind ==
-                 "intermediate" and not any(o is new for o in self.outputs))
+                 "intermediate" and not self.is_output(new))
         if fresh:
             old_name = old.name
             old.name = self.unique_name(old_name + "_replaced")

@@ -78,7 +78,7 @@ def eliminate_common_subexpressions(g: Graph) -> tuple[int, int]:
             continue
         for old, new in zip(n.outputs, first.outputs):
             g.substitute(old, new)
-        if not any(v._uses or any(o is v for o in g.outputs) for v in n.outputs):
+        if not any(v._uses or g.is_output(v) for v in n.outputs):
             g.remove(n)
             merged_nodes += 1
     return merged_nodes, merged_consts

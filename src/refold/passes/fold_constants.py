@@ -107,7 +107,7 @@ def fold_graph(g: Graph, opsets: dict[str, int], max_bytes: int, skipped: dict[s
             folded += fold_graph(sub, opsets, max_bytes, skipped)
         if not _foldable(node):
             continue
-        if any(o is v for v in node.outputs for o in g.outputs):
+        if any(g.is_output(v) for v in node.outputs):
             continue  # a graph output stays computed by a node (folding would need an Identity)
         res = fold_node(node, opsets, max_bytes)
         if isinstance(res, str):

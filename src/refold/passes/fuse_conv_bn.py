@@ -188,7 +188,7 @@ def _rank2_output(m: Match) -> str | None:
 
 def _forward_why_not(m: Match) -> str | None:
     bn_out = m.node("bn").outputs[0]
-    if len(bn_out.uses()) != 1 or any(o is bn_out for o in m.node("bn").graph.outputs):
+    if len(bn_out.uses()) != 1 or m.node("bn").graph.is_output(bn_out):
         return "the BatchNorm output is read elsewhere too"
     conv = m.node("conv")
     if conv.op in ("conv",) and any(conv.attrs.get("pads") or []):

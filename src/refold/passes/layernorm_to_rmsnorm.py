@@ -23,6 +23,7 @@ from refold.ir.tensor import Tensor
 from refold.passes.base import Pass, PassResult
 from refold.passes.raise_core import RaiseToCore
 from refold.passes.rewrite import Builder
+from refold.passes.shape_inference import infer_shapes
 
 _PASSTHROUGH_ATEN = {"clone", "contiguous", "alias", "detach"}
 
@@ -265,6 +266,8 @@ class LayerNormToRMSNorm(Pass):
         RaiseToCore().call(model)
         graph = model.graph
         lns = [n for n in graph if n.domain == CORE and n.op == "layer_norm"]
+        if model.source == "onnx" and any(ln.inputs[0].rank is None for ln in lns):
+            infer_shapes(model, probe=True)  # the stream analysis needs ranks onnx alone may not give
         analysis = _Analysis(graph)
         plans: dict[Node, _Plan] = {}
         reasons: dict[str, str] = {}
@@ -309,8 +312,10 @@ class LayerNormToRMSNorm(Pass):
     @staticmethod
     def _apply_edits(graph: Graph, plan: _Plan) -> None:
         made: dict[tuple[int, int], Value] = {}
+        replaced: list[Value] = []
         for node, i, axis in plan.edits.values():
             old = node.inputs[i]
+            replaced.append(old)
             key = (id(old), axis)
             if key not in made:
                 arr = _recentre(old.const.numpy(), axis)
@@ -322,9 +327,8 @@ class LayerNormToRMSNorm(Pass):
                 new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [old.name]}
                 made[key] = new
             node.set_input(i, made[key])
-        for v in list(graph.initializers.values()):
-            if not v._uses and v.kind == "const" and not any(o is v for o in graph.outputs):
-                graph.remove_const(v)
+        for old in replaced:  # originals nothing reads any more (parameters stay: the exporter decides)
+            graph.release_const(old)
 
     def _replace(self, graph: Graph, ln: Node, model: Model) -> None:
         # LN(x) = RMSNorm(x) * gamma + beta  when mean(x) = 0 along the normalized axis

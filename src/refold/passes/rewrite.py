@@ -365,7 +365,5 @@ def remove_dead(graph: Graph, nodes: list[Node]) -> None:
                 ins = [v for v in n.inputs if v is not None]
                 graph.remove(n)
                 for v in ins:
-                    if v.const is not None and not v._uses and v.kind == "const" and id(v) not in outs \
-                            and graph.initializers.get(v.name) is v:
-                        graph.remove_const(v)
+                    graph.release_const(v)
                 changed = True

@@ -39,14 +39,15 @@ def _merge(v: Value, dtype, shape) -> bool:
     return changed
 
 
-def infer_shapes(model: Model, max_rounds: int = 4) -> int:
+def infer_shapes(model: Model, max_rounds: int = 4, *, probe: bool = False) -> int:
     """Fill in dtypes and shapes, to a fixed point; returns how many values gained information.
 
     Rounds repeat because each one can resolve what the last left symbolic (onnx names unknown
-    dims ``unk__N`` first and resolves them once the values upstream are typed)."""
+    dims ``unk__N`` first and resolves them once the values upstream are typed). With ``probe``,
+    what onnx cannot type is taken from one ONNX Runtime run (see ``_probe_fill``)."""
     total = 0
     for _ in range(max_rounds):
-        n = _infer_round(model)
+        n = _infer_round(model) + (_probe_fill(model) if probe else 0)
         total += n
         if not n:
             break
@@ -75,7 +76,7 @@ def _infer_round(model: Model) -> int:
             for v in n.outputs:
                 if v.kind != "omitted" and v.name in found:
                     changed += _merge(v, *found[v.name])
-    return changed + _probe_fill(model)
+    return changed
 
 
 def _probe_fill(model: Model, max_weight_bytes: int = 256 << 20) -> int:
@@ -118,7 +119,7 @@ class InferShapes(Pass):
 
     def call(self, model: Model) -> PassResult:
         try:
-            n = infer_shapes(model)
+            n = infer_shapes(model, probe=True)
         except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
             return PassResult(model, False, {"error": str(e).splitlines()[0][:200]})
         return PassResult(model, n > 0, {"values_typed": n})
