@@ -27,39 +27,60 @@ def count(gm, what):
 
 
 @pytest.mark.parametrize("name", ["gpt2", "vit"])
-def test_pre_ln_torch_models_convert_every_layernorm(name):
+@pytest.mark.parametrize("compress", [False, True])
+def test_pre_ln_torch_models_convert_every_layernorm(name, compress):
     model, inputs = hf(name)
-    gm, report = refold.optimize(model, inputs, passes=["layernorm-to-rmsnorm"], atol=1e-5, rtol=1e-5)
+    gm, report = refold.optimize(model, inputs, passes=[LayerNormToRMSNorm(compress=compress)], atol=1e-5, rtol=1e-5)
     st = report.passes[0].stats
     assert st["converted"] == st["layer_norms"] == 5 and st["not_converted"] == {}
-    assert count(gm, "layer_norm") == 0 and count(gm, "rms_norm") == 5
+    assert count(gm, "layer_norm") == 0 and count(gm, "rms_norm") == (0 if compress else 5)
     torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-5)
+    if compress:  # the stream is stored in d-1 coordinates: every writer lost one output feature
+        d = model.config.hidden_size
+        widths = {tuple(p.shape) for p in gm.parameters()}
+        assert (99, d - 1) in widths or (1, 17, d - 1) in widths, widths
     torch.export.export(gm, inputs)
-    again = PassManager([LayerNormToRMSNorm()], check=False).run(refold.load(gm, inputs))
+    again = PassManager([LayerNormToRMSNorm(compress=compress)], check=False).run(refold.load(gm, inputs))
     assert again.passes[0].modified is False  # idempotent
 
 
 @pytest.mark.parametrize("name", ["gpt2", "vit"])
-def test_pre_ln_onnx_exports_convert_through_the_cli(name, hf_onnx, tmp_path, capsys):
+@pytest.mark.parametrize("compress", [False, True])
+def test_pre_ln_onnx_exports_convert_through_the_cli(name, compress, hf_onnx, tmp_path, capsys):
     src = hf_onnx(name)
     out, rep = tmp_path / "rms.onnx", tmp_path / "r.json"
-    code = cli.main(["run", src, "-p", "layernorm-to-rmsnorm", "-o", str(out), "--atol", "1e-5", "--rtol", "1e-5",
-                     "--json", str(rep)])
+    spec = "layernorm-to-rmsnorm" + (":compress=true" if compress else "")
+    code = cli.main(["run", src, "-p", spec, "-o", str(out), "--atol", "1e-5", "--rtol", "1e-5", "--json", str(rep)])
     assert code == 0, capsys.readouterr().err
     st = json.loads(rep.read_text())["passes"][0]["stats"]
-    assert st["converted"] == 5 and st["not_converted"] == {}
-    assert not any(n.op_type == "LayerNormalization" for n in onnx.load(str(out)).graph.node)
+    assert st["converted"] == 5 and st["not_converted"] == {} and st["compressed"] is compress
+    proto = onnx.load(str(out))
+    assert not any(n.op_type == "LayerNormalization" for n in proto.graph.node)
+    import onnxruntime as ort
+
+    feed = {"input": np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)} if name == "vit" \
+        else {"input": np.arange(8, dtype=np.int64)[None] % 50}
+    before = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    after = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
+    if compress:
+        widths = {tuple(i.dims)[-1] for i in proto.graph.initializer if "_centered" in i.name}
+        assert widths == {31} or 31 in {tuple(i.dims)[0] for i in proto.graph.initializer if "_centered" in i.name}
 
 
-def test_post_ln_bert_refused_per_layernorm():
+@pytest.mark.parametrize("compress", [False, True])
+def test_post_ln_bert_refused_per_layernorm(compress):
     model, inputs = hf("bert")
-    gm, report = refold.optimize(model, inputs, passes=["layernorm-to-rmsnorm"], atol=1e-5, rtol=1e-5)
-    st = report.passes[0].stats
-    # The embedding LayerNorm reads the sum of three embedding tables: recentring them is exact, so
-    # it converts. Every encoder LayerNorm reads a Post-LN stream and stays, with the reason.
-    assert st["converted"] == 1 and len(st["not_converted"]) == 4
-    assert all("Post-LN" in why for why in st["not_converted"].values())
-    torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-5)
+    gm, report = refold.optimize(model, inputs, passes=[LayerNormToRMSNorm(compress=compress)], atol=1e-5, rtol=1e-5)
+    rec = report.passes[0]
+    # The embedding LayerNorm's output is the residual stream (Post-LN placement); every encoder
+    # LayerNorm reads a Post-LN stream. Nothing changes, and each has its reason.
+    assert rec.modified is False and rec.stats["converted"] == 0 and len(rec.stats["not_converted"]) == 5
+    assert all("Post-LN" in why for why in rec.stats["not_converted"].values())
+    # every LayerNorm but the last (read by nothing but the graph output) writes the stream itself
+    assert sum("Post-LN placement" in why for why in rec.stats["not_converted"].values()) == 4
+    assert count(gm, "layer_norm") == 5
+    torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=0, rtol=0)
 
 
 def test_llama_is_already_rmsnorm():
@@ -137,11 +158,33 @@ def test_raw_stream_reader_and_nonlinear_writer_refused():
     assert "not linear" in list(rec.stats["not_converted"].values())[0]
 
 
-def test_crmsnorm_says_not_implemented():
-    from refold.errors import UnsupportedError
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_block_compresses_in_both_forms(decomposed):
+    m = pre_ln_block(decomposed_opset18=decomposed)
+    rec = PassManager([LayerNormToRMSNorm(compress=True)], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    assert rec.stats["converted"] == 2 and rec.stats["compressed"], rec.stats
+    assert [n.op for n in m.graph if n.op.endswith("norm")] == ["crms_norm", "crms_norm"]
+    (we,) = [v for k, v in m.graph.initializers.items() if k.startswith("We")]
+    assert we.shape == (4, 7)  # the stream holds 7 of 8 coordinates
 
-    with pytest.raises(UnsupportedError, match="not implemented"):
-        LayerNormToRMSNorm(compress=True)
+
+def test_crms_norm_reference_matches_layer_norm_of_the_full_vector():
+    from refold.ir.ops import evaluate
+
+    x = torch.randn(3, 5, 16, dtype=torch.float64)
+    x = x - x.mean(-1, keepdim=True)
+    g = torch.randn(16, dtype=torch.float64)
+    (y,) = evaluate("crms_norm", [x[..., :-1], g], {"epsilon": 1e-6})
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (16,), g, None, 1e-6))
+
+
+def test_compress_refused_when_a_layernorm_must_stay():
+    # ln2 reads a Tanh writer and stays; ln1 could convert, but its stream feeds ln2 too, which
+    # could not read d-1 coordinates: CRMSNorm converts neither, plain RMSNorm converts ln1.
+    m = pre_ln_block(gelu_writer=True)
+    rec = PassManager([LayerNormToRMSNorm(compress=True)], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    assert rec.stats["converted"] == 0
+    assert any("also read by" in why for why in rec.stats["not_converted"].values()), rec.stats
 
 
 def test_ppocr_rec_layernorms_recognised_and_refused_with_reason():

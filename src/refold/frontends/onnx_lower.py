@@ -105,6 +105,27 @@ def _rms_norm(e: _Emit, n: Node, outs: list[str]) -> None:
         e("Mul", [y, scale.name], outs)
 
 
+def _reduce_sum_last(e: _Emit, x: str) -> str:
+    if e.opset >= 13:
+        return e("ReduceSum", [x, e.const(np.array([-1], np.int64), "axes")], keepdims=1)
+    return e("ReduceSum", [x], axes=[-1], keepdims=1)
+
+
+def _crms_norm(e: _Emit, n: Node, outs: list[str]) -> None:
+    # y = [x, -s] / sqrt((sum x^2 + s^2) / d + eps) * scale,  s = sum x,  d = n + 1
+    x, scale = (list(n.inputs) + [None])[:2]
+    if x.shape is None or not isinstance(x.shape[-1], int):
+        raise UnsupportedError(f"{n.label()}: crms_norm needs a static last dim to lower to ONNX")
+    s = _reduce_sum_last(e, x.name)
+    sq = _reduce_sum_last(e, e("Mul", [x.name, x.name]))
+    ms = e("Div", [e("Add", [sq, e("Mul", [s, s])]), _scalar_like(e, x, x.shape[-1] + 1, "d")])
+    rms = e("Sqrt", [e("Add", [ms, _scalar_like(e, x, n.attrs.get("epsilon", 1e-5), "eps")])])
+    full = e("Concat", [x.name, e("Neg", [s])], axis=-1)
+    y = e("Div", [full, rms], outs if scale is None else None)
+    if scale is not None:
+        e("Mul", [y, scale.name], outs)
+
+
 def _gelu(e: _Emit, n: Node, outs: list[str]) -> None:
     x = n.inputs[0]
     approx = n.attrs.get("approximate", "none")
@@ -215,7 +236,7 @@ def _qdq(op_type: str):
 
 LOWER = {
     "conv": _conv("Conv"), "conv_transpose": _conv("ConvTranspose"),
-    "batch_norm": _same("BatchNormalization"), "layer_norm": _layer_norm, "rms_norm": _rms_norm,
+    "batch_norm": _same("BatchNormalization"), "layer_norm": _layer_norm, "rms_norm": _rms_norm, "crms_norm": _crms_norm,
     "gemm": _same("Gemm"), "linear": _linear, "matmul": _same("MatMul"),
     "add": _same("Add"), "sub": _same("Sub"), "mul": _same("Mul"), "div": _same("Div"),
     "relu": _same("Relu"), "sigmoid": _same("Sigmoid"), "sqrt": _same("Sqrt"), "tanh": _same("Tanh"), "gelu": _gelu,

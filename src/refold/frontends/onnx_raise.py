@@ -226,6 +226,7 @@ RAISE: dict[tuple[str, str], Callable[[Node, int], object]] = {
     ("onnx", "BatchNormalization"): _batch_norm, ("onnx", "LayerNormalization"): _norm("layer_norm", 3),
     ("onnx", "RMSNormalization"): _norm("rms_norm", 2),
     ("com.microsoft", "SimplifiedLayerNormalization"): _norm("rms_norm", 2),
+    ("onnx", "SimplifiedLayerNormalization"): _norm("rms_norm", 2),  # ORT registers it here too
     ("onnx", "Gemm"): _gemm, ("onnx", "MatMul"): _binary("matmul"),
     ("onnx", "Add"): _binary("add"), ("onnx", "Sub"): _binary("sub"), ("onnx", "Mul"): _binary("mul"),
     ("onnx", "Div"): _binary("div"), ("onnx", "Relu"): _unary("relu"), ("onnx", "Gelu"): _gelu,

@@ -51,6 +51,16 @@ def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
         return call(aten.layer_norm.default, (arg(0), _norm_shape(node), arg(1), arg(2), a.get("epsilon", 1e-5)))
     if op == "rms_norm":
         return call(aten.rms_norm.default, (arg(0), _norm_shape(node), arg(1), a.get("epsilon", 1e-5)))
+    if op == "crms_norm":
+        # [x, -s] / sqrt((sum x^2 + s^2) / d + eps) * scale,  s = sum x
+        x = arg(0)
+        s = call(aten.sum.dim_IntList, (x, [-1], True))
+        sq = call(aten.sum.dim_IntList, (call(aten.mul.Tensor, (x, x)), [-1], True))
+        ms = call(aten.div.Tensor, (call(aten.add.Tensor, (sq, call(aten.mul.Tensor, (s, s)))),
+                                    node.inputs[0].shape[-1] + 1))
+        rms = call(aten.sqrt.default, (call(aten.add.Tensor, (ms, a.get("epsilon", 1e-5))),))
+        y = call(aten.div.Tensor, (call(aten.cat.default, ([x, call(aten.neg.default, (s,))], -1)), rms))
+        return call(aten.mul.Tensor, (y, arg(1))) if arg(1) is not None else y
     if op == "linear":
         return call(aten.linear.default, (arg(0), arg(1), arg(2)))
     if op == "gemm":

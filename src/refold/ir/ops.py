@@ -156,6 +156,21 @@ def _rms_norm(ins, a):
     return [y]
 
 
+@core_op("crms_norm", "x scale?", axis=-1, epsilon=1e-5)
+def _crms_norm(ins, a):
+    """CRMSNorm: x holds the first d-1 coords of a zero-mean d-vector (the last is -sum x);
+    y = [x, -sum x] / sqrt((sum x^2 + (sum x)^2) / d + eps) * scale, statistics in fp32."""
+    if a["axis"] not in (-1, ins[0].dim() - 1):
+        raise ValueError("crms_norm normalizes the last axis only")
+    xf = ins[0].float()
+    s = xf.sum(-1, keepdim=True)
+    ms = (xf.pow(2).sum(-1, keepdim=True) + s * s) / (xf.shape[-1] + 1)
+    y = (torch.cat([xf, -s], -1) / torch.sqrt(ms + a["epsilon"])).to(ins[0].dtype)
+    if len(ins) > 1 and ins[1] is not None:
+        y = y * ins[1]
+    return [y]
+
+
 @core_op("gemm", "a b c?", alpha=1.0, beta=1.0, transA=0, transB=0)
 def _gemm(ins, a):
     """alpha * op(A) @ op(B) + beta * C, op = transpose when trans* = 1."""

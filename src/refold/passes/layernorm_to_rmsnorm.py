@@ -11,6 +11,11 @@ Each constant is recentred along the axis that becomes the normalized one. Every
 content changes may be read only by LayerNorms (mean-invariant) or by the stream itself; anything
 else (a raw-stream reader, a graph output, a non-linear writer, a Post-LN block) stops the
 conversion for that LayerNorm, and the report says why.
+
+With ``compress=True`` (CRMSNorm) the stream is also stored in d-1 coordinates: a zero-mean
+d-vector is its first d-1 coordinates, the last being minus their sum. Each writer drops its last
+output feature, every shape vector that spells the width says d-1 (``stream_width``), and each
+LayerNorm becomes ``crms_norm``, which recovers the norm and the dropped coordinate.
 """
 from __future__ import annotations
 
@@ -24,18 +29,29 @@ from refold.passes.base import Pass, PassResult
 from refold.passes.raise_core import RaiseToCore
 from refold.passes.rewrite import Builder
 from refold.passes.shape_inference import infer_shapes
+from refold.passes.stream_width import WidthTracer, set_elements
 
 _PASSTHROUGH_ATEN = {"clone", "contiguous", "alias", "detach"}
+_SHAPED = {"reshape", "onnx.Expand", "aten.expand", "aten.view", "aten.reshape"}  # layout ops whose shape argument spells the width
 
 
 @dataclasses.dataclass
 class _Plan:
     values: dict[int, Value] = dataclasses.field(default_factory=dict)    # contents that change
+    width: int | None = None                                               # CRMSNorm: d
+    shape_edits: list = dataclasses.field(default_factory=list)            # (node, input, position)
+    arg_edits: list = dataclasses.field(default_factory=list)              # (aten node, position)
     edits: dict[tuple[int, int], tuple[Node, int, int]] = dataclasses.field(default_factory=dict)
+    axes: dict[int, int] = dataclasses.field(default_factory=dict)        # value id -> stream axis
+    layout: dict[int, tuple[Node, int]] = dataclasses.field(default_factory=dict)  # reshapes/expands
+    derived: dict[int, tuple[Value, int]] = dataclasses.field(default_factory=dict)  # transposed consts
 
     def merge(self, other: "_Plan") -> None:
         self.values.update(other.values)
         self.edits.update(other.edits)
+        self.axes.update(other.axes)
+        self.layout.update(other.layout)
+        self.derived.update(other.derived)
 
 
 def _static(shape) -> bool:
@@ -65,6 +81,7 @@ class _Analysis:
         if p is None:
             return f"'{v.name}' is a graph input written straight into the stream"
         plan.values[id(v)] = v
+        plan.axes[id(v)] = axis
         op = p.op if p.domain == CORE else f"{p.dialect}.{p.op}"
         # x - mean(x, axis): zero-mean by construction, nothing to change upstream
         if op == "sub" and self._is_centering(p, axis):
@@ -83,6 +100,8 @@ class _Analysis:
                 return f"{p.label()} looks up a non-constant table or not along its last axis"
             return self.edit(plan, p, 0, 1)  # E - mean_d E: every looked-up row is zero-mean
         mapped = self.passthrough(p, v, axis)
+        if isinstance(mapped, list) and op in _SHAPED:
+            plan.layout[id(p)] = (p, axis)
         if isinstance(mapped, list):  # layout ops: axes already in each input's coordinates
             for i, ax in mapped:
                 why = self.center_operand(p, i, ax, plan, depth) if ax is not None else None
@@ -121,6 +140,7 @@ class _Analysis:
             if (t is not None and t.domain == CORE and t.op == "transpose" and len(v.uses()) == 1
                     and t.inputs[0].const is not None):
                 perm = t.attrs.get("perm") or list(reversed(range(v.rank)))
+                plan.derived[id(v)] = (v, axis)
                 node, i, axis = t, 0, perm[axis]
             else:
                 return f"{node.label()} has a non-constant input '{v.name}'"
@@ -181,7 +201,15 @@ class _Analysis:
             if ax >= 0 and x.shape is not None and x.shape[ax] == 1 and v.shape[axis] != 1:
                 return f"{p.label()} broadcasts along the normalized axis"
             return [(0, ax if ax >= 0 else None)]
-        if op in ("slice", "aten.slice"):
+        if op == "slice":
+            axes = _const_list(p.inputs[3]) if len(p.inputs) > 3 and p.inputs[3] is not None else \
+                list(range(len(_const_list(p.inputs[1]) or [])))
+            if axes is None or axis in [a % v.rank for a in axes]:
+                return f"{p.label()} slices along the normalized axis (or by non-constant axes)"
+            return [(0, axis)]
+        if op == "aten.slice":
+            if _arg(p, 1, 0) % v.rank == axis:
+                return f"{p.label()} slices along the normalized axis"
             return [(0, axis)]
         return None
 
@@ -192,18 +220,73 @@ class _Analysis:
                 and m.attrs.get("keepdims", 1) == 1 and p.inputs[0].rank is not None
                 and [a % p.inputs[0].rank for a in (m.attrs.get("axes") or [])] == [axis])
 
-    def readers_ok(self, plan: _Plan, allowed: dict[int, Value]) -> str | None:
+    def readers_ok(self, plan: _Plan, allowed: dict[int, Value], converted: set[int] | None = None) -> str | None:
         """Recentring shifts each changed value by a per-position constant along the axis. Its
         readers must be the stream itself, shift-invariant (LayerNorm over that axis, shape-only
-        reads), or additions whose outputs are read that way in turn."""
+        reads), or additions whose outputs are read that way in turn. When compressing
+        (``converted``: the LayerNorms that convert), every LayerNorm reader must convert too and
+        nothing outside the stream may add to it."""
         seen: set[int] = set()
         for v in plan.values.values():
-            why = self._shift_safe(v, allowed, seen)
+            why = self._shift_safe(v, allowed, seen, converted)
             if why:
                 return why
         return None
 
-    def _shift_safe(self, v: Value, allowed: dict[int, Value], seen: set[int]) -> str | None:
+    def compress_ok(self, ln: Node, plan: _Plan, axes: dict[int, int]) -> str | None:
+        """Plan CRMSNorm's shape edits: every shape vector that spells the width says d-1."""
+        d = ln.inputs[0].shape[-1] if ln.inputs[0].shape is not None else None
+        if not isinstance(d, int) or d < 2:
+            return f"CRMSNorm needs a static stream width, '{ln.inputs[0].name}' has {d}"
+        tracer = WidthTracer(d, axes)
+        plan.width, plan.shape_edits, plan.arg_edits = d, [], []
+        for v in plan.values.values():
+            why = tracer.width_reads_ok(v)
+            if why:
+                return why
+        for node, axis in plan.layout.values():
+            if node.domain == CORE or node.dialect == "onnx":  # reshape / Expand: shape is input 1
+                r = tracer.dim_edits(node.inputs[1], axis, node, 1)
+                if isinstance(r, str):
+                    return r
+                plan.shape_edits += r
+            else:  # aten.expand / view / reshape: sizes are args[1]
+                size = _arg(node, 1)[axis]
+                if not isinstance(size, int):
+                    return f"{node.label()} sizes the stream by a symbolic value"
+                if size == d:
+                    plan.arg_edits.append((node, axis))
+        for node, i, axis in plan.edits.values():
+            shape = node.inputs[i].shape
+            if shape is None or shape[axis] != d:
+                return f"{node.label()}: constant '{node.inputs[i].name}' is not {d} wide along the stream axis"
+        return None
+
+    def post_ln(self, ln: Node, limit: int = 2000) -> Node | None:
+        """The residual addition that reads ``ln``'s output as its skip input (Post-LN), if any."""
+        aliases, todo = [ln.outputs[0]], [ln.outputs[0]]
+        while todo:  # the output as dropout (eval), identity or clone pass it on
+            for u in todo.pop().users:
+                if (u.dialect == "aten" and u.op in _PASSTHROUGH_ATEN | {"dropout"}) or \
+                        (u.dialect == "onnx" and u.op == "Identity"):
+                    aliases.append(u.outputs[0])
+                    todo.append(u.outputs[0])
+        ids = {id(v) for v in aliases}
+        for add in [u for v in aliases for u in v.users if u.domain == CORE and u.op == "add"]:
+            others = [x for x in add.inputs if id(x) not in ids]
+            stack, seen = others[:1], set()
+            while stack and len(seen) < limit:
+                v = stack.pop()
+                if id(v) in ids:
+                    return add
+                if id(v) in seen or v is None or v.producer is None:
+                    continue
+                seen.add(id(v))
+                stack.extend(v.producer.inputs)
+        return None
+
+    def _shift_safe(self, v: Value, allowed: dict[int, Value], seen: set[int],
+                    converted: set[int] | None = None) -> str | None:
         if id(v) in seen:
             return None
         seen.add(id(v))
@@ -211,13 +294,16 @@ class _Analysis:
             return f"stream value '{v.name}' is a graph output; recentring would change it"
         for r in v.users:
             if r.domain == CORE and r.op == "layer_norm" and r.attrs.get("axis", -1) == -1:
+                if converted is not None and id(r) not in converted:
+                    return (f"stream value '{v.name}' is also read by LayerNorm '{r.name}', which stays: "
+                            f"it could not read the compressed stream")
                 continue
             if any(id(o) in allowed for o in r.outputs):
                 continue
             if (r.dialect == "aten" and (r.op.startswith("_assert") or r.op.startswith("sym_"))) or \
                     (r.dialect == "onnx" and r.op in ("Shape", "Size")):
-                continue  # reads only the shape (or asserts on it): recentring cannot change it
-            if r.domain == CORE and r.op in ("add", "sub") and r.outputs[0].rank == v.rank:
+                continue  # reads only the shape (or asserts on it); width reads: WidthTracer
+            if r.domain == CORE and r.op in ("add", "sub") and r.outputs[0].rank == v.rank and converted is None:
                 why = self._shift_safe(r.outputs[0], allowed, seen)  # a shifted addend shifts the sum
                 if why is None:
                     continue
@@ -225,6 +311,12 @@ class _Analysis:
             return (f"stream value '{v.name}' is also read by {r.label()} ({r.qualified_op}), "
                     f"which would see the recentred stream")
         return None
+
+
+def _const_list(v: Value | None) -> list[int] | None:
+    if v is None or v.const is None:
+        return None
+    return [int(x) for x in v.const.numpy().reshape(-1)]
 
 
 def _map_reshape(src, dst, axis: int) -> int | None:
@@ -256,10 +348,9 @@ class LayerNormToRMSNorm(Pass):
     description = "recentre residual-stream writers so Pre-LN LayerNorms become RMSNorms, exactly"
 
     def __init__(self, compress: bool = False, target: str = "auto"):
-        if compress:
-            from refold.errors import UnsupportedError
-
-            raise UnsupportedError("layernorm-to-rmsnorm: compress=True (CRMSNorm) is not implemented yet")
+        if isinstance(compress, str):  # from the command line: -p layernorm-to-rmsnorm:compress=true
+            compress = compress.lower() in ("1", "true", "yes")
+        self.compress = bool(compress)
         self.target = target
 
     def call(self, model: Model) -> PassResult:
@@ -275,6 +366,11 @@ class LayerNormToRMSNorm(Pass):
             if ln.attrs.get("axis", -1) != -1:
                 reasons[ln.name] = f"normalizes over axes from {ln.attrs['axis']}, not only the last"
                 continue
+            skip = analysis.post_ln(ln)
+            if skip is not None:
+                reasons[ln.name] = (f"its output is the residual stream itself, read by {skip.label()} "
+                                    f"(Post-LN placement): the model is left as it is")
+                continue
             plan = _Plan()
             why = analysis.center(ln.inputs[0], ln.inputs[0].rank - 1 if ln.inputs[0].rank else -1, plan)
             if why:
@@ -287,10 +383,15 @@ class LayerNormToRMSNorm(Pass):
         while changed:
             changed = False
             allowed: dict[int, Value] = {}
+            axes: dict[int, int] = {}
             for p in plans.values():
                 allowed.update(p.values)
+                axes.update(p.axes)
+            converted = {id(ln) for ln in plans} if self.compress else None
             for ln, p in list(plans.items()):
-                why = analysis.readers_ok(p, allowed)
+                why = analysis.readers_ok(p, allowed, converted)
+                if why is None and self.compress:
+                    why = analysis.compress_ok(ln, p, axes)
                 if why:
                     reasons[ln.name] = why
                     del plans[ln]
@@ -301,16 +402,46 @@ class LayerNormToRMSNorm(Pass):
         total = _Plan()
         for p in plans.values():
             total.merge(p)
-        self._apply_edits(graph, total)
+        width = None
+        if self.compress:
+            width = plans[next(iter(plans))].width
+            for p in plans.values():
+                total.shape_edits += p.shape_edits
+                total.arg_edits += p.arg_edits
+            self._compress_layout(graph, total, width)
+        self._apply_edits(graph, total, width)
         for ln in plans:
             self._replace(graph, ln, model)
         if self.target == "ort":
             model.meta["target_runtime"] = "onnxruntime"  # ORT-only ops: checked with ORT on save
         return PassResult(model, True, {"converted": len(plans), "rewrites": len(plans), "layer_norms": len(lns),
-                                        "recentred_constants": len(total.edits), "not_converted": reasons})
+                                        "recentred_constants": len(total.edits), "compressed": self.compress,
+                                        "not_converted": reasons})
 
     @staticmethod
-    def _apply_edits(graph: Graph, plan: _Plan) -> None:
+    def _compress_layout(graph: Graph, plan: _Plan, d: int) -> None:
+        """Shape vectors and sizes that spell the width now say d-1; stream values are d-1 wide."""
+        positions: dict[tuple[int, int], tuple[Node, int, set[int]]] = {}
+        for node, i, j in plan.shape_edits:
+            positions.setdefault((id(node), i), (node, i, set()))[2].add(j)
+        for node, i, pos in positions.values():
+            old = node.inputs[i]
+            new = graph.add_const(Tensor.from_array(set_elements(old.const.numpy(), pos, d - 1)),
+                                  prefix=f"{old.name}_compressed")
+            new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [old.name]}
+            node.set_input(i, new)
+            graph.release_const(old)
+        for node, axis in plan.arg_edits:
+            args = list(node.attrs["args"])
+            args[1] = [d - 1 if k == axis else s for k, s in enumerate(args[1])]
+            node.attrs["args"] = tuple(args)
+        for v, axis in [(v, plan.axes[k]) for k, v in plan.values.items()] + list(plan.derived.values()):
+            if v.shape is not None and v.shape[axis] == d:
+                v.shape = tuple(d - 1 if k == axis else s for k, s in enumerate(v.shape))
+
+    @staticmethod
+    def _apply_edits(graph: Graph, plan: _Plan, width: int | None = None) -> None:
+        """Recentre each planned constant; with ``width`` also drop its last stream coordinate."""
         made: dict[tuple[int, int], Value] = {}
         replaced: list[Value] = []
         for node, i, axis in plan.edits.values():
@@ -319,6 +450,8 @@ class LayerNormToRMSNorm(Pass):
             key = (id(old), axis)
             if key not in made:
                 arr = _recentre(old.const.numpy(), axis)
+                if width is not None:  # a zero-mean vector is its first d-1 coordinates
+                    arr = np.take(arr, np.arange(width - 1), axis=axis)
                 new = graph.add_const(Tensor.from_array(np.ascontiguousarray(arr)), prefix=f"{old.name}_centered")
                 new.kind = old.kind
                 for k in ("torch.target", "requires_grad", "torch.persistent"):
@@ -335,9 +468,10 @@ class LayerNormToRMSNorm(Pass):
         x, scale, bias = (list(ln.inputs) + [None, None])[:3]
         b = Builder(graph, ln)
         ins = [x] + ([scale] if scale is not None else [])
-        y = b.op("core.rms_norm", *ins, axis=-1, epsilon=ln.attrs.get("epsilon", 1e-5))
+        op = "core.crms_norm" if self.compress else "core.rms_norm"
+        y = b.op(op, *ins, axis=-1, epsilon=ln.attrs.get("epsilon", 1e-5))
         rms = y.producer
-        if self.target == "ort":
+        if self.target == "ort" and not self.compress:
             rms.meta["lower_to"] = "ort"
         if bias is not None:
             y = b.op("core.add", y, bias)
