@@ -78,13 +78,14 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
 
 def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass] | None = None, *,
              check: bool = True, atol: float = 1e-4, rtol: float = 1e-4, probe=None,
-             dims: dict[str, int] | None = None) -> tuple[Any, Report]:
+             dims: dict[str, int] | None = None, snapshot: bool = True) -> tuple[Any, Report]:
     """Run passes and give back the same kind of thing: an ``onnx.ModelProto`` for ONNX input, a
     trainable ``torch.fx.GraphModule`` for an ``nn.Module`` (captured with ``example_inputs``).
 
     ``passes`` are names from ``refold passes`` or Pass instances; None runs the default pipeline
     (shape inference, constant folding, CSE, DCE); ``[]`` runs nothing. With ``check`` every pass
-    is compared numerically with the graph before it on probe inputs.
+    is compared numerically with the graph before it on probe inputs. With ``snapshot`` the
+    report keeps a data-free view of the input graph: ``report.diff()`` and ``report.to_html()``.
 
     >>> proto, report = optimize(example_path(), passes=["fold-constants", "dce"])
     >>> report.passes[0].name
@@ -93,7 +94,7 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
     ir = load(model, example_inputs)
     names = DEFAULT_PIPELINE if passes is None else passes
     pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol,
-                     probe=probe, dims=dims)
+                     probe=probe, dims=dims, snapshot=snapshot)
     report = pm.run(ir)
     if ir.source == "onnx":
         from refold.frontends.onnx_export import to_onnx

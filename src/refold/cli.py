@@ -60,7 +60,26 @@ def _parser() -> argparse.ArgumentParser:
                    help="store weights in a .data file beside OUT (auto: if the input did, or if "
                         "over 1.8 GB)")
     r.add_argument("--json", metavar="FILE", help="also write the per-pass report as JSON")
+    r.add_argument("--report", metavar="HTML", help="also write an HTML before/after viewer with the pass table")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    d = sub.add_parser("diff", help="compare two models node by node, with refold's provenance",
+                       description="Pair the nodes of A and B (by name, by refold provenance, by "
+                       "structure) and list what was removed, changed and added, with parameter "
+                       "and op-count deltas.", epilog=EPILOG)
+    d.add_argument("a", metavar="A")
+    d.add_argument("b", metavar="B")
+    d.add_argument("--json", action="store_true", help="print the whole diff as JSON")
+    d.add_argument("--limit", type=int, default=50, help="rows per section in the text output (default 50)")
+    d.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    rp = sub.add_parser("report", help="write a self-contained HTML before/after viewer of A and B",
+                        description="Write one HTML file (no network needed) showing A and B side "
+                        "by side, changed nodes highlighted and linked.", epilog=EPILOG)
+    rp.add_argument("a", metavar="A")
+    rp.add_argument("b", metavar="B")
+    rp.add_argument("-o", "--output", required=True, metavar="OUT", help="the HTML file to write")
+    rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     ps = sub.add_parser("passes", help="list the passes with a one-line description",
                         description="List the passes refold can run.", epilog=EPILOG)
@@ -104,17 +123,48 @@ def cmd_run(args) -> int:
     dims = _dims(args.dim)
     model = load(args.model)
     pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
-                     check_limit_bytes=int(args.check_limit_mb * 2**20))
+                     check_limit_bytes=int(args.check_limit_mb * 2**20), snapshot=bool(args.report))
     report = pm.run(model)
     ext = {"auto": None, "yes": True, "no": False}[args.external_data]
     save_onnx(model, args.output, external_data=ext)
+    if args.report:  # the file as written, against the file as read: both in ONNX terms
+        from refold.inspect.html import render
+
+        write_text_atomic(args.report, render(report.before, load(args.output), report=report,
+                                              titles=(args.model, args.output), title=f"refold run {args.model}"))
     print(f"{resolve_path(args.model)} -> {args.output}")
     print(report.format())
     if args.json:
-        tmp = args.json + ".refold-tmp"
-        with open(tmp, "w") as f:
-            json.dump(report.to_dict(), f, indent=2, default=str)
-        os.replace(tmp, args.json)
+        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=2, default=str))
+    return 0
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write beside the destination, then rename: a reader never sees half a file."""
+    tmp = path + ".refold-tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise errors.OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def cmd_diff(args) -> int:
+    from refold.inspect.diff import diff
+
+    d = diff(args.a, args.b, titles=(args.a, args.b))
+    print(json.dumps(d.to_dict(), indent=2, default=str) if args.json else d.format(limit=args.limit))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from refold.inspect.html import render
+
+    write_text_atomic(args.output, render(args.a, args.b, titles=(args.a, args.b)))
+    print(f"{args.a} vs {args.b} -> {args.output}")
     return 0
 
 
@@ -140,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             _parser().print_help()
             return errors.EXIT_USAGE
-        return {"show": cmd_show, "run": cmd_run, "passes": cmd_passes}[args.cmd](args)
+        return {"show": cmd_show, "run": cmd_run, "passes": cmd_passes, "diff": cmd_diff,
+                "report": cmd_report}[args.cmd](args)
     except RefoldError as e:
         if debug:
             traceback.print_exc()

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 
-from refold.errors import PassFailedError, RefoldError, UnsupportedError
+from refold.errors import PassFailedError, RefoldError, UnsupportedError, UsageError
 from refold.ir.graph import Model
 from refold.ir.verify import VerifyError, verify
 
@@ -67,6 +67,24 @@ class Report:
     passes: list[PassRecord] = dataclasses.field(default_factory=list)
     check_engine: str = ""
     check_note: str = ""
+    before: Any = None  # inspect.snapshot.Snapshot of the input, when the manager kept one
+    model: Any = None   # the model after the last pass
+
+    def diff(self):
+        """Node-by-node diff of the graph before the passes and after them."""
+        from refold.inspect.diff import diff
+
+        if self.before is None or self.model is None:
+            raise UsageError("this report kept no snapshot of the input: run with PassManager(snapshot=True)")
+        return diff(self.before, self.model, titles=("before", "after"))
+
+    def to_html(self, title: str = "refold report") -> str:
+        """A self-contained HTML viewer: before and after side by side, and this pass table."""
+        from refold.inspect.html import render
+
+        if self.before is None or self.model is None:
+            raise UsageError("this report kept no snapshot of the input: run with PassManager(snapshot=True)")
+        return render(self.before, self.model, titles=("before", "after"), report=self, title=title)
 
     @property
     def rewrites(self) -> int:
@@ -108,8 +126,9 @@ class PassManager:
 
     def __init__(self, passes: list[Pass], *, check: bool = True, probe=None, atol: float = 1e-4,
                  rtol: float = 1e-4, dims: dict[str, int] | None = None,
-                 check_limit_bytes: int = 512 << 20, verify: bool = True):
+                 check_limit_bytes: int = 512 << 20, verify: bool = True, snapshot: bool = False):
         self.passes = list(passes)
+        self.snapshot = snapshot  # keep a data-free view of the input graph for diffs and to_html()
         self.check = check
         self.probe = probe
         self.atol, self.rtol = atol, rtol
@@ -119,6 +138,10 @@ class PassManager:
 
     def run(self, model: Model) -> Report:
         report = Report()
+        if self.snapshot:
+            from refold.inspect.snapshot import take
+
+            report.before = take(model, "before")
         checker = self._make_checker(model, report) if self.check else None
         for p in self.passes:
             before = count_nodes(model)
@@ -143,7 +166,7 @@ class PassManager:
             elif checker is not None:
                 rec.max_abs, rec.max_rel = 0.0, 0.0
             report.passes.append(rec)
-        report.model = model  # type: ignore[attr-defined]
+        report.model = model
         return report
 
     def _make_checker(self, model: Model, report: Report):

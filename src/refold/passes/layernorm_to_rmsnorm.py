@@ -410,12 +410,14 @@ class LayerNormToRMSNorm(Pass):
                 total.arg_edits += p.arg_edits
             self._compress_layout(graph, total, width)
         self._apply_edits(graph, total, width)
+        self._folded = 0
         for ln in plans:
             self._replace(graph, ln, model)
         if self.target == "ort":
             model.meta["target_runtime"] = "onnxruntime"  # ORT-only ops: checked with ORT on save
         return PassResult(model, True, {"converted": len(plans), "rewrites": len(plans), "layer_norms": len(lns),
                                         "recentred_constants": len(total.edits), "compressed": self.compress,
+                                        "biases_folded_into_linears": self._folded,
                                         "not_converted": reasons})
 
     @staticmethod
@@ -481,3 +483,70 @@ class LayerNormToRMSNorm(Pass):
             y.dtype, y.shape = ln.outputs[0].dtype, ln.outputs[0].shape
         graph.substitute(ln.outputs[0], y)
         graph.remove(ln)
+        if bias is not None and _fold_shift(graph, y.producer, ln.name):
+            self._folded += 1
+
+
+def _shift_targets(v: Value, d: int, out: list[Node]) -> bool:
+    """Collect the linear readers of ``v`` (through reshapes keeping the last axis) a constant shift
+    of ``v`` along its last axis can fold into; False if any reader is something else."""
+    for u in v.users:
+        if u.domain != CORE or u.inputs[0] is not v or any(x is v for x in u.inputs[1:]):
+            return False
+        o = u.outputs[0]
+        if u.op == "reshape":
+            if o.shape is None or not o.shape or o.shape[-1] != d or o.users == [] or not _shift_targets(o, d, out):
+                return False
+        elif u.op == "linear" and u.inputs[1].const is not None:
+            out.append(u)
+        elif (u.op == "gemm" and u.inputs[1].const is not None and not u.attrs.get("transA")
+              and u.attrs.get("alpha", 1.0) == 1.0 and u.attrs.get("beta", 1.0) == 1.0
+              and (len(u.inputs) < 3 or u.inputs[2] is None or u.inputs[2].const is not None)):
+            out.append(u)
+        elif u.op == "matmul" and u.inputs[1].const is not None and u.inputs[1].rank == 2 and len(o.users) == 1:
+            add = o.users[0]
+            if not (add.domain == CORE and add.op == "add" and any(x.const is not None and x.rank == 1 for x in add.inputs)):
+                return False
+            out.append(u)
+        else:
+            return False
+    return True
+
+
+def _fold_shift(graph: Graph, add: Node, source: str) -> bool:
+    """(x + beta) @ W + b  ==>  x @ W + (b + beta @ W): the LayerNorm bias joins the next linear's."""
+    x, beta = add.inputs
+    y = add.outputs[0]
+    if beta.const is None or beta.rank != 1 or graph.is_output(y):
+        return False
+    targets: list[Node] = []
+    if not _shift_targets(y, beta.shape[0], targets) or not targets:
+        return False
+    bvec = beta.const.numpy().astype(np.float64)
+    for t in targets:
+        w = t.inputs[1].const.numpy().astype(np.float64)
+        if t.op == "linear" or (t.op == "gemm" and t.attrs.get("transB")):
+            shift, node, i = w @ bvec, t, 2   # W is [out, in]
+        else:
+            shift, node, i = bvec @ w, t, 2   # W is [in, out]
+        if t.op == "matmul":
+            node = t.outputs[0].users[0]
+            i = next(k for k, v in enumerate(node.inputs) if v.const is not None and v.rank == 1)
+        old = node.inputs[i] if len(node.inputs) > i else None
+        base = old.const.numpy() if old is not None else np.zeros_like(shift)
+        dtype = base.dtype if old is not None else beta.const.numpy().dtype
+        new = graph.add_const(Tensor.from_array((base.astype(np.float64) + shift).astype(dtype)),
+                              prefix=f"{old.name if old is not None else t.name}_shifted")
+        if old is not None:
+            new.kind = old.kind
+            for k in ("torch.target", "requires_grad", "torch.persistent"):
+                if k in old.meta:
+                    new.meta[k] = old.meta[k]
+        new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [source, beta.name]}
+        node.set_input(i, new)
+        if old is not None:
+            graph.release_const(old)
+    graph.substitute(y, x)
+    graph.remove(add)
+    graph.release_const(beta)
+    return True

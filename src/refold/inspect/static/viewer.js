@@ -1,0 +1,347 @@
+// refold graph viewer: one or two graphs side by side, laid out with dagre, changed nodes linked.
+// Large graphs are grouped by module / name scope; a group box opens on click.
+"use strict";
+(function () {
+  const DATA = JSON.parse(document.getElementById("refold-data").textContent);
+  const LIMIT = 400;       // most boxes laid out at once per side
+  const CHUNK = 150;       // nodes per synthetic group when a big graph has no scopes
+  const SVGNS = "http://www.w3.org/2000/svg";
+  const t0 = performance.now();
+  const panes = [];
+
+  function el(tag, attrs, parent) {
+    const e = document.createElementNS(SVGNS, tag);
+    for (const k in attrs) e.setAttribute(k, attrs[k]);
+    if (parent) parent.appendChild(e);
+    return e;
+  }
+  function h(tag, text, cls) {
+    const e = document.createElement(tag);
+    if (text !== undefined) e.textContent = text;
+    if (cls) e.className = cls;
+    return e;
+  }
+  function shape(s) { return s === null || s === undefined ? "?" : "[" + s.join(", ") + "]"; }
+
+  class Pane {
+    constructor(side, index) {
+      this.side = side;
+      this.index = index;
+      this.nodes = side.nodes;
+      this.byKey = new Map(this.nodes.map((n) => [n.k, n]));
+      this.root = h("div", undefined, "pane");
+      this.root.id = "pane-" + "ab"[index];
+      this.root.dataset.nodeCount = String(this.nodes.length);
+      const head = h("div", undefined, "pane-head");
+      head.appendChild(h("strong", side.title || (index ? "after" : "before")));
+      head.appendChild(h("span", " " + this.nodes.length + " nodes, " +
+        side.parameters.toLocaleString() + " parameters", "muted"));
+      this.root.appendChild(head);
+      this.svg = el("svg", { class: "graph" }, this.root);
+      const defs = el("defs", {}, this.svg);
+      const m = el("marker", { id: "arrow" + index, viewBox: "0 0 10 10", refX: 10, refY: 5,
+        markerWidth: 6, markerHeight: 6, orient: "auto-start-reverse" }, defs);
+      el("path", { d: "M 0 0 L 10 5 L 0 10 z", class: "arrowhead" }, m);
+      this.view = el("g", { class: "view" }, this.svg);
+      this.k = 1; this.tx = 20; this.ty = 20;
+      this.groups = this.buildGroups();
+      this.open = new Set();
+      this.regroup();
+      this.bindPanZoom();
+    }
+
+    // -- grouping --------------------------------------------------------------------------------
+    buildGroups() {
+      const big = this.nodes.length > LIMIT;
+      const groups = new Map();  // id -> {id, parent, size, children:Set, status}
+      const get = (id, parent) => {
+        if (!groups.has(id)) {
+          groups.set(id, { id, parent, size: 0, kids: new Set(), changed: 0 });
+          if (parent !== null) get(parent, parent.includes("/") ? parent.slice(0, parent.lastIndexOf("/")) : "").kids.add(id);
+        }
+        return groups.get(id);
+      };
+      get("", null);
+      this.nodes.forEach((n, i) => {
+        let sc = n.sc || [];
+        if (big && sc.length === 0) sc = ["#" + Math.floor(i / CHUNK) * CHUNK];
+        n.path = [];
+        let id = "";
+        for (const part of sc) {
+          const pid = id;
+          id = id ? id + "/" + part : part;
+          get(id, pid);
+          n.path.push(id);
+        }
+        for (const g of ["", ...n.path]) {
+          const G = groups.get(g);
+          G.size++;
+          if (n.st !== "same") G.changed++;
+        }
+        groups.get(id).kids.add("node:" + n.k);
+      });
+      return groups;
+    }
+
+    regroup() {
+      // open groups breadth first, biggest first, while the boxes on screen stay under LIMIT
+      this.open = new Set([""]);
+      let visible = this.groups.get("").kids.size;
+      let frontier = [...this.groups.get("").kids].filter((k) => this.groups.has(k));
+      while (frontier.length) {
+        frontier.sort((x, y) => this.groups.get(y).size - this.groups.get(x).size);
+        const next = [];
+        for (const id of frontier) {
+          const g = this.groups.get(id);
+          if (visible - 1 + g.kids.size <= LIMIT) {
+            this.open.add(id);
+            visible += g.kids.size - 1;
+            for (const k of g.kids) if (this.groups.has(k)) next.push(k);
+          }
+        }
+        frontier = next;
+      }
+      this.layout();
+    }
+
+    rep(n) {  // the box that shows node n: itself, or its outermost closed group
+      for (const g of n.path) if (!this.open.has(g)) return "group:" + g;
+      return "node:" + n.k;
+    }
+
+    // -- layout and drawing ----------------------------------------------------------------------
+    layout() {
+      const g = new dagre.graphlib.Graph();
+      g.setGraph({ rankdir: "TB", nodesep: 18, ranksep: 28, marginx: 10, marginy: 10,
+        ranker: this.nodes.length > 200 ? "tight-tree" : "network-simplex" });
+      g.setDefaultEdgeLabel(() => ({}));
+      const boxes = new Map();
+      for (const n of this.nodes) {
+        const r = this.rep(n);
+        if (!boxes.has(r)) {
+          let label, sub, status, count = 1;
+          if (r.startsWith("group:")) {
+            const G = this.groups.get(r.slice(6));
+            label = r.slice(6).split("/").pop();
+            count = G.size;
+            sub = G.size + " nodes" + (G.changed ? ", " + G.changed + " differ" : "");
+            status = G.changed ? "changed" : "same";
+          } else {
+            label = n.op;
+            sub = n.n || n.k;
+            status = n.st;
+          }
+          const w = Math.min(260, Math.max(70, 7 * Math.max(label.length, Math.min(sub.length, 34)) + 16));
+          boxes.set(r, { label, sub, status, count, width: w, height: 38, node: r.startsWith("node:") ? n : null });
+          g.setNode(r, boxes.get(r));
+        }
+      }
+      for (const n of this.nodes) {
+        const dst = this.rep(n);
+        for (const p of n.i) {
+          if (!p || !p[4] || !this.byKey.has(p[4])) continue;
+          const src = this.rep(this.byKey.get(p[4]));
+          if (src !== dst && !g.hasEdge(src, dst)) g.setEdge(src, dst);
+        }
+      }
+      dagre.layout(g);
+      this.draw(g, boxes);
+    }
+
+    draw(g, boxes) {
+      this.view.textContent = "";
+      const edges = el("g", { class: "edges" }, this.view);
+      for (const e of g.edges()) {
+        const pts = g.edge(e).points;
+        el("path", { d: "M" + pts.map((p) => p.x.toFixed(1) + "," + p.y.toFixed(1)).join("L"),
+          "marker-end": "url(#arrow" + this.index + ")" }, edges);
+      }
+      this.boxEls = new Map();
+      for (const id of g.nodes()) {
+        const b = g.node(id);
+        const grp = el("g", { class: "node " + b.status + (id.startsWith("group:") ? " group" : ""),
+          transform: "translate(" + (b.x - b.width / 2) + "," + (b.y - b.height / 2) + ")" }, this.view);
+        grp.dataset.id = id;
+        if (b.node) grp.dataset.key = b.node.k;
+        el("rect", { width: b.width, height: b.height, rx: 4 }, grp);
+        el("text", { x: 8, y: 15, class: "op" }, grp).textContent = b.label;
+        el("text", { x: 8, y: 30, class: "sub" }, grp).textContent = b.sub.length > 36 ? b.sub.slice(0, 35) + "…" : b.sub;
+        grp.addEventListener("click", (ev) => { ev.stopPropagation(); this.clicked(id, b); });
+        this.boxEls.set(id, { el: grp, box: b });
+      }
+      this.root.dataset.rendered = String(g.nodeCount());
+      this.graphSize = [g.graph().width, g.graph().height];
+      this.apply();
+    }
+
+    apply() { this.view.setAttribute("transform", "translate(" + this.tx + "," + this.ty + ") scale(" + this.k + ")"); }
+
+    bindPanZoom() {
+      let drag = null;
+      this.svg.addEventListener("mousedown", (e) => { drag = [e.clientX - this.tx, e.clientY - this.ty]; });
+      window.addEventListener("mousemove", (e) => { if (drag) { this.tx = e.clientX - drag[0]; this.ty = e.clientY - drag[1]; this.apply(); } });
+      window.addEventListener("mouseup", () => { drag = null; });
+      this.svg.addEventListener("wheel", (e) => {
+        e.preventDefault();
+        const r = this.svg.getBoundingClientRect();
+        const x = e.clientX - r.left, y = e.clientY - r.top;
+        const f = Math.exp(-e.deltaY * 0.0015);
+        const k = Math.min(4, Math.max(0.05, this.k * f));
+        this.tx = x - (x - this.tx) * (k / this.k);
+        this.ty = y - (y - this.ty) * (k / this.k);
+        this.k = k;
+        this.apply();
+      }, { passive: false });
+    }
+
+    center(id) {
+      const it = this.boxEls.get(id);
+      if (!it) return;
+      const r = this.svg.getBoundingClientRect();
+      const b = it.box;
+      this.tx = r.width / 2 - b.x * this.k;
+      this.ty = r.height / 2 - b.y * this.k;
+      this.apply();
+    }
+
+    reveal(key) {  // open the groups around node `key`, then center and mark it
+      const n = this.byKey.get(key);
+      if (!n) return false;
+      let changed = false;
+      for (const g of n.path) if (!this.open.has(g)) { this.open.add(g); changed = true; }
+      if (changed) this.layout();
+      this.mark("node:" + key);
+      this.center("node:" + key);
+      return true;
+    }
+
+    mark(id) {
+      for (const pane of panes) for (const { el: e } of pane.boxEls.values()) e.classList.remove("selected");
+      const it = this.boxEls.get(id);
+      if (it) it.el.classList.add("selected");
+    }
+
+    clicked(id, b) {
+      if (id.startsWith("group:")) {
+        this.open.add(id.slice(6));
+        this.layout();
+        return;
+      }
+      const n = b.node;
+      this.mark(id);
+      const other = partner(this.index, n.k);
+      if (other) {
+        const p = panes[1 - this.index];
+        p.reveal(other);
+        p.boxEls.get("node:" + other)?.el.classList.add("selected");
+      }
+      showDetails(this, n, other);
+    }
+  }
+
+  function partner(index, key) {
+    if (!DATA.pairs || panes.length < 2) return null;
+    if (index === 0) return DATA.pairs[key] || null;
+    if (!DATA._rev) DATA._rev = Object.fromEntries(Object.entries(DATA.pairs).map(([a, b]) => [b, a]));
+    return DATA._rev[key] || null;
+  }
+
+  function showDetails(pane, n, other) {
+    const d = document.getElementById("details");
+    d.textContent = "";
+    d.appendChild(h("h2", n.op));
+    const dl = h("dl");
+    const row = (k, v) => { dl.appendChild(h("dt", k)); dl.appendChild(h("dd", v)); };
+    row("name", n.n || "(unnamed)");
+    row("side", pane.side.title || (pane.index ? "after" : "before"));
+    row("status", n.st + (other ? " (paired with " + other + ")" : ""));
+    if (n.sc && n.sc.length) row("scope", n.sc.join("/"));
+    if (n.pv) row("provenance", n.pv.rule + " from " + (n.pv.sources || []).join(", "));
+    if (pane.index === 0 && DATA.removed_by && DATA.removed_by[n.k]) row("removed by", DATA.removed_by[n.k]);
+    d.appendChild(dl);
+    if (n.ch) {
+      d.appendChild(h("h3", "changes"));
+      const ul = h("ul", undefined, "changes");
+      n.ch.forEach((c) => ul.appendChild(h("li", c)));
+      d.appendChild(ul);
+    }
+    const table = (title, rows, cols) => {
+      if (!rows.length) return;
+      d.appendChild(h("h3", title));
+      const t = h("table");
+      const tr = h("tr");
+      cols.forEach((c) => tr.appendChild(h("th", c)));
+      t.appendChild(tr);
+      rows.forEach((r) => { const x = h("tr"); r.forEach((c) => x.appendChild(h("td", c))); t.appendChild(x); });
+      d.appendChild(t);
+    };
+    table("attributes", Object.entries(n.a).map(([k, v]) => [k, v]), ["name", "value"]);
+    table("inputs", n.i.map((p, i) => p ? [String(i), p[0], (p[1] || "?") + shape(p[2]), p[3] ? "constant" : (p[4] || "input")]
+      : [String(i), "(omitted)", "", ""]), ["#", "value", "type", "from"]);
+    table("outputs", n.o.map((p, i) => [String(i), p[0], (p[1] || "?") + shape(p[2])]), ["#", "value", "type"]);
+  }
+
+  // -- page ----------------------------------------------------------------------------------------
+  document.getElementById("title").textContent = DATA.title || "refold";
+  const main = document.getElementById("panes");
+  DATA.sides.forEach((s, i) => { const p = new Pane(s, i); panes.push(p); main.appendChild(p.root); });
+  main.classList.toggle("two", panes.length === 2);
+  if (panes.length < 2) document.getElementById("legend").style.display = "none";
+
+  const sum = document.getElementById("summary");
+  if (DATA.summary) {
+    const s = DATA.summary;
+    sum.appendChild(h("p", "matched " + s.matched + " (unchanged " + s.unchanged + "), changed " + s.changed +
+      ", removed " + s.removed + ", added " + s.added + "; parameters " + (s.parameters_delta >= 0 ? "+" : "") +
+      s.parameters_delta.toLocaleString()));
+    const ops = Object.entries(s.ops_delta || {});
+    if (ops.length) sum.appendChild(h("p", "ops: " + ops.map(([k, v]) => k + " " + v.a + "→" + v.b).join(", "), "muted"));
+  }
+  if (DATA.passes) {
+    const t = h("table", undefined, "passes");
+    const head = h("tr");
+    ["pass", "time", "nodes before", "nodes after", "max abs err", "max rel err", "changes"].forEach((c) => head.appendChild(h("th", c)));
+    t.appendChild(head);
+    for (const p of DATA.passes) {
+      const r = h("tr");
+      [p.name, (p.seconds * 1000).toFixed(1) + " ms", String(p.nodes_before), String(p.nodes_after),
+        p.max_abs === null ? "-" : p.max_abs.toPrecision(3), p.max_rel === null ? "-" : p.max_rel.toPrecision(3),
+        Object.entries(p.stats).map(([k, v]) => k + "=" + v).join(", ")].forEach((c) => r.appendChild(h("td", c)));
+      t.appendChild(r);
+    }
+    sum.appendChild(t);
+    if (DATA.check) sum.appendChild(h("p", "check: " + DATA.check, "muted"));
+  }
+
+  let hits = [], hit = -1;
+  const search = document.getElementById("search");
+  search.addEventListener("input", () => {
+    const q = search.value.trim().toLowerCase();
+    hits = [];
+    hit = -1;
+    if (q) panes.forEach((p) => p.nodes.forEach((n) => {
+      if ((n.n || n.k).toLowerCase().includes(q) || n.op.toLowerCase().includes(q)) hits.push([p, n]);
+    }));
+    document.getElementById("found").textContent = q ? hits.length + " found" : "";
+    for (const p of panes) for (const { el: e, box } of p.boxEls.values())
+      e.classList.toggle("hit", !!q && !!box.node && ((box.node.n || box.node.k).toLowerCase().includes(q) || box.node.op.toLowerCase().includes(q)));
+  });
+  search.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || !hits.length) return;
+    hit = (hit + 1) % hits.length;
+    const [p, n] = hits[hit];
+    p.reveal(n.k);
+    showDetails(p, n, partner(p.index, n.k));
+  });
+  document.getElementById("collapse").addEventListener("click", () => panes.forEach((p) => p.regroup()));
+  panes.forEach((p) => {  // fit the width, start at the top
+    const w = p.svg.getBoundingClientRect().width || 600;
+    p.k = Math.max(0.3, Math.min(1, (w - 20) / (p.graphSize[0] || 1)));
+    p.tx = Math.max(10, (w - p.graphSize[0] * p.k) / 2);
+    p.ty = 10;
+    p.apply();
+  });
+  document.body.dataset.ready = "1";
+  document.body.dataset.renderMs = String(Math.round(performance.now() - t0));
+  window.refoldViewer = { panes, data: DATA };
+})();

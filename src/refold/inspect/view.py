@@ -1,0 +1,48 @@
+"""``refold.inspect(model)``: a graph view for notebooks and files."""
+from __future__ import annotations
+
+import html as _html
+from typing import Any
+
+
+class View:
+    """One graph, or two side by side (``other``), as the self-contained HTML viewer.
+
+    In Jupyter the view displays itself (an isolated iframe); ``to_html()`` gives the page and
+    ``save(path)`` writes it.
+    """
+
+    def __init__(self, model: Any, other: Any = None, *, example_inputs: Any = None, title: str = "refold"):
+        from refold.inspect.diff import _as_snapshot
+        from refold.inspect.snapshot import Snapshot
+
+        def snap(x: Any, t: str) -> Snapshot:
+            if example_inputs is not None and not isinstance(x, (str, Snapshot)):
+                from refold.api import load
+                from refold.inspect.snapshot import take
+
+                return take(load(x, example_inputs), t)
+            return _as_snapshot(x, t)
+
+        self.title = title
+        self.a = snap(model, "before" if other is not None else "")
+        self.b = snap(other, "after") if other is not None else None
+
+    def to_html(self) -> str:
+        from refold.inspect.html import render
+
+        return render(self.a, self.b, title=self.title)
+
+    def save(self, path: str) -> str:
+        from refold.cli import write_text_atomic
+
+        write_text_atomic(path, self.to_html())
+        return path
+
+    def _repr_html_(self) -> str:
+        return (f'<iframe srcdoc="{_html.escape(self.to_html(), quote=True)}" '
+                f'style="width:100%;height:640px;border:1px solid #ddd" sandbox="allow-scripts"></iframe>')
+
+    def __repr__(self) -> str:
+        n = len(self.a.nodes)
+        return f"<refold view: {n} nodes" + (f" vs {len(self.b.nodes)}" if self.b else "") + ">"
