@@ -32,6 +32,7 @@ CASES = [
     ("layer_norm", [f32(2, 5, 8), f32(8), f32(8)], dict(axis=-1, epsilon=1e-5), (1, 2)),
     ("layer_norm", [f32(2, 5, 8), f32(5, 8), None], dict(axis=1, epsilon=1e-3), (1,)),
     ("rms_norm", [f32(2, 5, 8), f32(8)], dict(axis=-1, epsilon=1e-6), (1,)),
+    ("crms_norm", [f32(2, 5, 7), f32(8)], dict(axis=-1, epsilon=1e-6), (1,)),
     ("gemm", [f32(3, 4), f32(5, 4), f32(5)], dict(alpha=0.5, beta=2.0, transA=0, transB=1), (1, 2)),
     ("linear", [f32(2, 3, 4), f32(6, 4), f32(6)], {}, (1, 2)),
     ("linear", [f32(3, 4), f32(6, 4), None], {}, (1,)),
