@@ -17,6 +17,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
+from layernorm_rmsnorm import _First  # noqa: E402  the first output of a transformers model
 
 
 def main() -> None:
@@ -31,17 +33,9 @@ def main() -> None:
     from refold import cli
     from refold.api import load
 
-    class First(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x)[0]
-
     torch.manual_seed(0)
     cfg = tf.GPT2Config(n_layer=args.layers, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
-    model = First(tf.GPT2Model(cfg)).eval()
+    model = _First(tf.GPT2Model(cfg)).eval()
     with tempfile.TemporaryDirectory() as d:
         src, out, html = (os.path.join(d, n) for n in ("a.onnx", "b.onnx", "report.html"))
         torch.onnx.export(model, (torch.randint(0, 128, (1, 16)),), src, dynamo=False, opset_version=17,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from refold.errors import UnsupportedError, UsageError
+from refold.errors import OutputError, UnsupportedError, UsageError
 from refold.ir.graph import Model
 from refold.passes import Pass, PassManager, Report, get_pass
 
@@ -103,3 +103,16 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
     from refold.frontends.torch_export import to_graph_module  # the torch frontend
 
     return to_graph_module(ir), report
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Write beside the destination, then rename: a reader never sees half a file."""
+    tmp = path + ".refold-tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import sys
 import traceback
@@ -115,7 +114,7 @@ def _dims(specs: list[str]) -> dict[str, int]:
 
 
 def cmd_run(args) -> int:
-    from refold.api import DEFAULT_PIPELINE, load, resolve_path
+    from refold.api import DEFAULT_PIPELINE, load, resolve_path, write_text_atomic
     from refold.frontends.onnx_save import save_onnx
     from refold.passes import PassManager, get_pass
 
@@ -139,19 +138,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def write_text_atomic(path: str, text: str) -> None:
-    """Write beside the destination, then rename: a reader never sees half a file."""
-    tmp = path + ".refold-tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise errors.OutputError(f"cannot write '{path}': {e.strerror or e}") from None
-
-
 def cmd_diff(args) -> int:
     from refold.inspect.diff import diff
 
@@ -161,6 +147,7 @@ def cmd_diff(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from refold.api import write_text_atomic
     from refold.inspect.html import render
 
     write_text_atomic(args.output, render(args.a, args.b, titles=(args.a, args.b)))

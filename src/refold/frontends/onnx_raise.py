@@ -10,16 +10,11 @@ from typing import Callable
 
 import numpy as np
 
-from refold.ir.graph import CORE, Graph, Model, Node, Value
+from refold.ir.graph import CORE, Graph, Model, Node
+from refold.ir.graph import const_ints as _const_ints
 from refold.passes.rewrite import Builder, Const, Match, Rule, RewriteStats, Var, apply_rules, op
 
 Raised = "tuple[str, list, dict] | str"  # (core op, inputs, attrs), or why not
-
-
-def _const_ints(v: Value | None) -> list[int] | None:
-    if v is None or v.const is None:
-        return None
-    return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
 
 
 def _spatial_rank(node: Node) -> int | None:

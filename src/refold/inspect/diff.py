@@ -83,7 +83,7 @@ class GraphDiff:
         return "\n".join(lines)
 
 
-def _as_snapshot(x: Any, title: str) -> Snapshot:
+def as_snapshot(x: Any, title: str) -> Snapshot:
     if isinstance(x, Snapshot):
         return x
     from refold.ir.graph import Graph, Model
@@ -135,7 +135,7 @@ def _changes(na: NodeView, nb: NodeView, pairs: dict[str, str]) -> list[str]:
 
 def diff(a: Any, b: Any, *, titles: tuple[str, str] = ("", "")) -> GraphDiff:
     """Diff two graphs: paths, refold Models/Graphs, ONNX protos, or snapshots."""
-    sa, sb = _as_snapshot(a, titles[0]), _as_snapshot(b, titles[1])
+    sa, sb = as_snapshot(a, titles[0]), as_snapshot(b, titles[1])
     ka, kb = sa.by_key(), sb.by_key()
     pairs: dict[str, str] = {}
     rev: dict[str, str] = {}

@@ -12,7 +12,7 @@ import re
 from importlib import resources
 from typing import Any
 
-from refold.inspect.diff import GraphDiff, _as_snapshot, diff
+from refold.inspect.diff import GraphDiff, as_snapshot, diff
 from refold.inspect.snapshot import Snapshot
 
 
@@ -51,9 +51,10 @@ def payload(a: Snapshot, b: Snapshot | None = None, d: GraphDiff | None = None, 
     out: dict[str, Any] = {"title": title, "sides": sides}
     if d is not None:
         out["pairs"] = d.pairs
-        out["summary"] = {k: v for k, v in d.to_dict().items() if k in ("matched", "unchanged", "parameters_delta",
-                                                                          "ops_delta")}
-        out["summary"].update(changed=len(d.changed), added=len(d.added), removed=len(d.removed))
+        out["summary"] = {"matched": len(d.pairs), "unchanged": d.unchanged, "changed": len(d.changed),
+                          "added": len(d.added), "removed": len(d.removed),
+                          "parameters_delta": b.parameters - a.parameters,
+                          "ops_delta": {op: {"a": x, "b": y} for op, (x, y) in d.op_deltas().items()}}
         out["removed_by"] = {r["a"]: r["rule"] for r in d.removed if r.get("rule")}
     if report is not None:
         out["passes"] = [{"name": r.name, "seconds": r.seconds, "nodes_before": r.nodes_before,
@@ -68,8 +69,8 @@ def payload(a: Snapshot, b: Snapshot | None = None, d: GraphDiff | None = None, 
 def render(a: Any, b: Any = None, *, titles: tuple[str, str] = ("", ""), report=None,
            title: str = "refold report") -> str:
     """The HTML page for one graph (``b`` None) or a before/after pair."""
-    sa = _as_snapshot(a, titles[0])
-    sb = _as_snapshot(b, titles[1]) if b is not None else None
+    sa = as_snapshot(a, titles[0])
+    sb = as_snapshot(b, titles[1]) if b is not None else None
     data = json.dumps(payload(sa, sb, report=report, title=title), default=str, separators=(",", ":"))
     data = data.replace("</", "<\\/")  # never closes the script element early
     parts = {"@TITLE@": _html.escape(title), "@CSS@": _static("viewer.css"), "@DAGRE@": _static("dagre.min.js"),

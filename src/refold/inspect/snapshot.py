@@ -7,6 +7,7 @@ after them, or with a graph loaded from another file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from typing import Any
@@ -121,11 +122,16 @@ def _onnx_defaults(n: Node) -> dict[str, Any]:
     """Attribute defaults from the ONNX schema, so an attribute spelled out equals one left out."""
     if n.dialect != "onnx":
         return {}
+    return _schema_defaults(n.op, "" if n.domain in ("", "ai.onnx") else n.domain)
+
+
+@functools.lru_cache(maxsize=None)
+def _schema_defaults(op: str, domain: str) -> dict[str, Any]:
     try:
         import onnx.defs
         from onnx import helper
 
-        schema = onnx.defs.get_schema(n.op, domain="" if n.domain in ("", "ai.onnx") else n.domain)
+        schema = onnx.defs.get_schema(op, domain=domain)
     except Exception:  # unknown op or domain: no defaults to fill in
         return {}
     out = {}

@@ -13,7 +13,7 @@ class View:
     """
 
     def __init__(self, model: Any, other: Any = None, *, example_inputs: Any = None, title: str = "refold"):
-        from refold.inspect.diff import _as_snapshot
+        from refold.inspect.diff import as_snapshot
         from refold.inspect.snapshot import Snapshot
 
         def snap(x: Any, t: str) -> Snapshot:
@@ -22,7 +22,7 @@ class View:
                 from refold.inspect.snapshot import take
 
                 return take(load(x, example_inputs), t)
-            return _as_snapshot(x, t)
+            return as_snapshot(x, t)
 
         self.title = title
         self.a = snap(model, "before" if other is not None else "")
@@ -34,7 +34,7 @@ class View:
         return render(self.a, self.b, title=self.title)
 
     def save(self, path: str) -> str:
-        from refold.cli import write_text_atomic
+        from refold.api import write_text_atomic
 
         write_text_atomic(path, self.to_html())
         return path

@@ -198,6 +198,13 @@ class Node:
         return f"Node({self.qualified_op}, name={self.name!r})"
 
 
+def const_ints(v: "Value | None") -> list[int] | None:
+    """The integers a constant holds, flattened; None when ``v`` is absent or not constant."""
+    if v is None or v.const is None:
+        return None
+    return [int(x) for x in v.const.numpy().reshape(-1)]
+
+
 class Graph:
     """Inputs, constants, topologically ordered nodes and outputs; subgraphs hang off nodes.
 

@@ -70,20 +70,22 @@ class Report:
     before: Any = None  # inspect.snapshot.Snapshot of the input, when the manager kept one
     model: Any = None   # the model after the last pass
 
+    def _require_snapshot(self) -> None:
+        if self.before is None or self.model is None:
+            raise UsageError("this report kept no snapshot of the input: run with PassManager(snapshot=True)")
+
     def diff(self):
         """Node-by-node diff of the graph before the passes and after them."""
         from refold.inspect.diff import diff
 
-        if self.before is None or self.model is None:
-            raise UsageError("this report kept no snapshot of the input: run with PassManager(snapshot=True)")
+        self._require_snapshot()
         return diff(self.before, self.model, titles=("before", "after"))
 
     def to_html(self, title: str = "refold report") -> str:
         """A self-contained HTML viewer: before and after side by side, and this pass table."""
         from refold.inspect.html import render
 
-        if self.before is None or self.model is None:
-            raise UsageError("this report kept no snapshot of the input: run with PassManager(snapshot=True)")
+        self._require_snapshot()
         return render(self.before, self.model, titles=("before", "after"), report=self, title=title)
 
     @property

@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from refold.ir.graph import CORE, Graph, Model, Node, Value
+from refold.ir.graph import CORE, Graph, Model, Node, Value, const_ints
 from refold.ir.tensor import Tensor
 from refold.passes.base import Pass, PassResult
 from refold.passes.raise_core import RaiseToCore
@@ -52,6 +52,8 @@ class _Plan:
         self.axes.update(other.axes)
         self.layout.update(other.layout)
         self.derived.update(other.derived)
+        self.shape_edits += other.shape_edits
+        self.arg_edits += other.arg_edits
 
 
 def _static(shape) -> bool:
@@ -202,8 +204,8 @@ class _Analysis:
                 return f"{p.label()} broadcasts along the normalized axis"
             return [(0, ax if ax >= 0 else None)]
         if op == "slice":
-            axes = _const_list(p.inputs[3]) if len(p.inputs) > 3 and p.inputs[3] is not None else \
-                list(range(len(_const_list(p.inputs[1]) or [])))
+            axes = const_ints(p.inputs[3]) if len(p.inputs) > 3 and p.inputs[3] is not None else \
+                list(range(len(const_ints(p.inputs[1]) or [])))
             if axes is None or axis in [a % v.rank for a in axes]:
                 return f"{p.label()} slices along the normalized axis (or by non-constant axes)"
             return [(0, axis)]
@@ -313,12 +315,6 @@ class _Analysis:
         return None
 
 
-def _const_list(v: Value | None) -> list[int] | None:
-    if v is None or v.const is None:
-        return None
-    return [int(x) for x in v.const.numpy().reshape(-1)]
-
-
 def _map_reshape(src, dst, axis: int) -> int | None:
     """The input axis that becomes output ``axis`` whole (same size, same elements before it)."""
     if not _static(src) or not _static(dst):
@@ -330,6 +326,18 @@ def _map_reshape(src, dst, axis: int) -> int | None:
             return j
         acc *= d
     return None
+
+
+def _new_const(graph: Graph, arr: np.ndarray, like: Value | None, prefix: str, sources: list[str]) -> Value:
+    """A constant replacing ``like``: a parameter or buffer again (same torch name) if it was one."""
+    new = graph.add_const(Tensor.from_array(np.asarray(arr, order="C")), prefix=prefix)  # keeps 0-d scalars 0-d
+    if like is not None:
+        new.kind = like.kind
+        for k in ("torch.target", "requires_grad", "torch.persistent"):
+            if k in like.meta:
+                new.meta[k] = like.meta[k]
+    new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": sources}
+    return new
 
 
 def _recentre(arr: np.ndarray, axis: int) -> np.ndarray:
@@ -348,8 +356,6 @@ class LayerNormToRMSNorm(Pass):
     description = "recentre residual-stream writers so Pre-LN LayerNorms become RMSNorms, exactly"
 
     def __init__(self, compress: bool = False, target: str = "auto"):
-        if isinstance(compress, str):  # from the command line: -p layernorm-to-rmsnorm:compress=true
-            compress = compress.lower() in ("1", "true", "yes")
         self.compress = bool(compress)
         self.target = target
 
@@ -405,9 +411,6 @@ class LayerNormToRMSNorm(Pass):
         width = None
         if self.compress:
             width = plans[next(iter(plans))].width
-            for p in plans.values():
-                total.shape_edits += p.shape_edits
-                total.arg_edits += p.arg_edits
             self._compress_layout(graph, total, width)
         self._apply_edits(graph, total, width)
         self._folded = 0
@@ -428,10 +431,8 @@ class LayerNormToRMSNorm(Pass):
             positions.setdefault((id(node), i), (node, i, set()))[2].add(j)
         for node, i, pos in positions.values():
             old = node.inputs[i]
-            new = graph.add_const(Tensor.from_array(set_elements(old.const.numpy(), pos, d - 1)),
-                                  prefix=f"{old.name}_compressed")
-            new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [old.name]}
-            node.set_input(i, new)
+            node.set_input(i, _new_const(graph, set_elements(old.const.numpy(), pos, d - 1), old,
+                                         f"{old.name}_compressed", [old.name]))
             graph.release_const(old)
         for node, axis in plan.arg_edits:
             args = list(node.attrs["args"])
@@ -454,13 +455,7 @@ class LayerNormToRMSNorm(Pass):
                 arr = _recentre(old.const.numpy(), axis)
                 if width is not None:  # a zero-mean vector is its first d-1 coordinates
                     arr = np.take(arr, np.arange(width - 1), axis=axis)
-                new = graph.add_const(Tensor.from_array(np.ascontiguousarray(arr)), prefix=f"{old.name}_centered")
-                new.kind = old.kind
-                for k in ("torch.target", "requires_grad", "torch.persistent"):
-                    if k in old.meta:
-                        new.meta[k] = old.meta[k]
-                new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [old.name]}
-                made[key] = new
+                made[key] = _new_const(graph, arr, old, f"{old.name}_centered", [old.name])
             node.set_input(i, made[key])
         for old in replaced:  # originals nothing reads any more (parameters stay: the exporter decides)
             graph.release_const(old)
@@ -535,15 +530,8 @@ def _fold_shift(graph: Graph, add: Node, source: str) -> bool:
         old = node.inputs[i] if len(node.inputs) > i else None
         base = old.const.numpy() if old is not None else np.zeros_like(shift)
         dtype = base.dtype if old is not None else beta.const.numpy().dtype
-        new = graph.add_const(Tensor.from_array((base.astype(np.float64) + shift).astype(dtype)),
-                              prefix=f"{old.name if old is not None else t.name}_shifted")
-        if old is not None:
-            new.kind = old.kind
-            for k in ("torch.target", "requires_grad", "torch.persistent"):
-                if k in old.meta:
-                    new.meta[k] = old.meta[k]
-        new.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [source, beta.name]}
-        node.set_input(i, new)
+        node.set_input(i, _new_const(graph, (base.astype(np.float64) + shift).astype(dtype), old,
+                                     f"{old.name if old is not None else t.name}_shifted", [source, beta.name]))
         if old is not None:
             graph.release_const(old)
     graph.substitute(y, x)

@@ -17,19 +17,14 @@ from typing import Callable
 import numpy as np
 
 from refold.ir.graph import CORE, Node, Value
+from refold.ir.graph import const_ints as _ints
 
-# (node, input index, flat positions to set to the new width)
+# (node, input index, flat position to set to the new width)
 ConstEdit = tuple[Node, int, int]
 
 
 def _op(n: Node) -> str:
     return n.op if n.domain == CORE else f"{n.dialect}.{n.op}"
-
-
-def _ints(v: Value | None) -> list[int] | None:
-    if v is None or v.const is None:
-        return None
-    return [int(x) for x in v.const.numpy().reshape(-1)]
 
 
 def _length(v: Value) -> int | None:

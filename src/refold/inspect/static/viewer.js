@@ -315,16 +315,17 @@
 
   let hits = [], hit = -1;
   const search = document.getElementById("search");
+  const matches = (n, q) => (n.n || n.k).toLowerCase().includes(q) || n.op.toLowerCase().includes(q);
   search.addEventListener("input", () => {
     const q = search.value.trim().toLowerCase();
     hits = [];
     hit = -1;
     if (q) panes.forEach((p) => p.nodes.forEach((n) => {
-      if ((n.n || n.k).toLowerCase().includes(q) || n.op.toLowerCase().includes(q)) hits.push([p, n]);
+      if (matches(n, q)) hits.push([p, n]);
     }));
     document.getElementById("found").textContent = q ? hits.length + " found" : "";
     for (const p of panes) for (const { el: e, box } of p.boxEls.values())
-      e.classList.toggle("hit", !!q && !!box.node && ((box.node.n || box.node.k).toLowerCase().includes(q) || box.node.op.toLowerCase().includes(q)));
+      e.classList.toggle("hit", !!q && !!box.node && matches(box.node, q));
   });
   search.addEventListener("keydown", (e) => {
     if (e.key !== "Enter" || !hits.length) return;
