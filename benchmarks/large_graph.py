@@ -36,8 +36,8 @@ def make_graph(n_nodes: int) -> onnx.ModelProto:
 
 
 def run_refold(src: str, dst: str) -> dict:
-    from refold.frontends.onnx_import import load_onnx
-    from refold.frontends.onnx_save import save_onnx
+    from refold.frontends.onnx.importer import load_onnx
+    from refold.frontends.onnx.save import save_onnx
     from refold.ir.verify import verify
     from refold.passes.cse import eliminate_common_subexpressions
     from refold.passes.dce import eliminate_dead_code

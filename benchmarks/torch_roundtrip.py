@@ -21,8 +21,8 @@ def main() -> None:
     args = ap.parse_args()
     import transformers as tf
 
-    from refold.frontends.torch_export import to_graph_module
-    from refold.frontends.torch_import import import_exported, import_module
+    from refold.frontends.torch.exporter import to_graph_module
+    from refold.frontends.torch.importer import import_exported, import_module
 
     torch.manual_seed(0)
     cfg = tf.GPT2Config(n_layer=12, n_embd=768, n_head=12, use_cache=False)

@@ -82,8 +82,8 @@ def reproduces(model, case) -> tuple[str | None, str]:
 def run_suite(limit: int | None = None):
     from onnx.backend.test.case.node import collect_testcases
 
-    from refold.frontends.onnx_export import to_onnx
-    from refold.frontends.onnx_import import import_model
+    from refold.frontends.onnx.exporter import to_onnx
+    from refold.frontends.onnx.importer import import_model
 
     tally = collections.Counter()
     failures = []

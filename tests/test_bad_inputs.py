@@ -325,8 +325,8 @@ def test_external_data_file_missing(capsys, tmp_path):
 # -- 10. large models ---------------------------------------------------------------------------
 
 def test_over_threshold_saved_with_external_data(tmp_path, monkeypatch):
-    from refold.frontends import onnx_save
-    from refold.frontends.onnx_import import load_onnx
+    from refold.frontends.onnx import save as onnx_save
+    from refold.frontends.onnx.importer import load_onnx
 
     monkeypatch.setattr(onnx_save, "EXTERNAL_THRESHOLD", 1000)  # stands in for 2 GiB
     src = write(tmp_path, simple_model(), "small.onnx")
@@ -377,7 +377,7 @@ def test_output_folder_is_a_file(capsys, tmp_path):
 
 
 def _fail_during_write(monkeypatch, exc):
-    from refold.frontends import onnx_save
+    from refold.frontends.onnx import save as onnx_save
 
     real = onnx_save.to_onnx
 
@@ -408,7 +408,7 @@ def test_failure_mid_write_leaves_destination_unchanged(capsys, tmp_path, monkey
 def test_sigterm_mid_write(capsys, tmp_path, monkeypatch):
     src = write(tmp_path, simple_model())
     dest = tmp_path / "dest.onnx"
-    from refold.frontends import onnx_save
+    from refold.frontends.onnx import save as onnx_save
 
     real = onnx_save.to_onnx
 

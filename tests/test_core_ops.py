@@ -7,13 +7,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import zoo
-from refold.frontends.onnx_export import to_onnx
-from refold.frontends.onnx_import import load_onnx
+from refold.frontends.onnx.exporter import to_onnx
+from refold.frontends.onnx.importer import load_onnx
 from refold.ir.dtypes import DType
 from refold.ir.graph import CORE, Graph, Model, Node
 from refold.ir.ops import CORE_OPS, evaluate
 from refold.passes import PassManager, get_pass
-from refold.passes.probe import OnnxRunner
+from refold.runtime.ort import OrtRunner
 
 rng = np.random.default_rng(0)
 
@@ -90,7 +90,7 @@ def test_reference_matches_onnxruntime_through_lowering(case, opset):
     proto = to_onnx(model)
     onnx.checker.check_model(proto, full_check=True)
     feeds = {f"in{i}": a for i, a in enumerate(inputs) if a is not None and i not in consts}
-    got = OnnxRunner(proto).run(feeds)
+    got = OrtRunner(proto).run(feeds)
     for want, name in zip(reference(op, inputs, attrs, n_out), [v.name for v in model.graph.outputs]):
         np.testing.assert_allclose(got[name], want, rtol=2e-5, atol=2e-5, err_msg=f"{op} opset {opset}")
 

@@ -11,17 +11,17 @@ import refold
 import zoo
 from refold import cli
 from refold.errors import UnsupportedError
-from refold.frontends.onnx_export import to_onnx
-from refold.frontends.onnx_import import load_onnx
+from refold.frontends.onnx.exporter import to_onnx
+from refold.frontends.onnx.importer import load_onnx
 from refold.passes import FuseConvBN, PassManager
-from refold.passes.probe import OnnxRunner
+from refold.runtime.ort import OrtRunner
 
 rng = np.random.default_rng(0)
 
 
 def fuse(model, **kw):
     r = PassManager([FuseConvBN(**kw)], atol=1e-5, rtol=1e-5).run(model)
-    return r.passes[0]
+    return r.record("fuse-conv-bn")
 
 
 def ops(model):
@@ -139,7 +139,7 @@ def test_training_mode_not_folded():
     m = model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
                bn_node("c", "y", training_mode=1)],
               [init("w", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))] + bn_inits("bn", 4), (2, 4, 3, 3))
-    rec = PassManager([FuseConvBN()], check=False).run(m).passes[0]
+    rec = PassManager([FuseConvBN()], check=False).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == 0 and "training_mode=1" in rec.stats["not_folded"]["bn"]
 
 
@@ -150,14 +150,14 @@ def test_used_optional_outputs_not_folded():
     m = model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), bn],
               [init("w", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))] + bn_inits("bn", 4), (1, 4, 3, 3),
               outputs=("y", "rm"), opset=9)
-    rec = PassManager([FuseConvBN()], check=False).run(m).passes[0]
+    rec = PassManager([FuseConvBN()], check=False).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == 0 and "optional outputs ['rm'] are in use" in rec.stats["not_folded"]["bn"]
 
 
 def test_zero_variance_with_zero_eps_not_folded():
     m = conv_bn(eps=0.0)
     m.graph.initializers["bn.v"].const = refold.ir.tensor.Tensor.from_array(np.zeros(6, np.float32))
-    rec = PassManager([FuseConvBN()], check=False).run(m).passes[0]
+    rec = PassManager([FuseConvBN()], check=False).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == 0 and "var + eps <= 0" in rec.stats["not_folded"]["bn"]
 
 
@@ -221,7 +221,7 @@ def test_fp16_folded_in_higher_precision_and_overflow_refused():
         v.const = refold.ir.tensor.Tensor.from_array(v.const.numpy().astype(np.float16))
         v.dtype = refold.DType.FLOAT16
     m.graph.inputs[0].dtype = refold.DType.FLOAT16
-    rec = PassManager([FuseConvBN()], atol=2e-2, rtol=2e-2).run(m).passes[0]
+    rec = PassManager([FuseConvBN()], atol=2e-2, rtol=2e-2).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == 1
     assert next(n for n in m.graph if n.op == "conv").inputs[1].dtype == refold.DType.FLOAT16
     m = conv_bn(dtype=TensorProto.FLOAT16)
@@ -230,7 +230,7 @@ def test_fp16_folded_in_higher_precision_and_overflow_refused():
         v.dtype = refold.DType.FLOAT16
     m.graph.initializers["bn.v"].const = refold.ir.tensor.Tensor.from_array(np.full(6, 1e-7, np.float16))
     m.graph.initializers["bn.s"].const = refold.ir.tensor.Tensor.from_array(np.full(6, 60000, np.float16))
-    rec = PassManager([FuseConvBN()], check=False).run(m).passes[0]
+    rec = PassManager([FuseConvBN()], check=False).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == 0 and "overflows FLOAT16" in rec.stats["not_folded"]["bn"]
 
 
@@ -268,7 +268,7 @@ def test_ppocr_cls_all_35_folded_and_decision_kept(tmp_path, capsys):
     assert sum(n.op_type == "BatchNormalization" for n in onnx.load(src).graph.node) == 35
     assert not any(n.op_type == "BatchNormalization" for n in fused.graph.node)
     up = _render_crop()
-    before, after = OnnxRunner(onnx.load(src)), OnnxRunner(fused)
+    before, after = OrtRunner(onnx.load(src)), OrtRunner(fused)
     for img, label in ((up, 0), (up[::-1, ::-1].copy(), 1)):
         feeds = {"x": _cls_input(img)}
         a, b = before.run(feeds), after.run(feeds)
@@ -281,7 +281,7 @@ def test_ppocr_cls_all_35_folded_and_decision_kept(tmp_path, capsys):
 def test_light_models_fold_every_foldable_bn(name, folded, left):
     path = next(p for p in zoo.LIGHT_MODELS if name in p)
     m = load_onnx(zoo.random_weights(onnx.load(path)))
-    rec = PassManager([FuseConvBN()], atol=1e-4, rtol=1e-4).run(m).passes[0]
+    rec = PassManager([FuseConvBN()], atol=1e-4, rtol=1e-4).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == folded and len(rec.stats["not_folded"]) == left
     assert all("not a conv or linear" in why for why in rec.stats["not_folded"].values())
 
@@ -291,7 +291,7 @@ def test_transformers_cnns_torch_and_onnx(name, tmp_path, capsys):
     model, inputs = zoo.tiny_hf_model(name)
     gm, report = refold.optimize(model, inputs, passes=["fuse-conv-bn"], atol=1e-5, rtol=1e-5)
     assert not any("batch_norm" in str(n.target) for n in gm.graph.nodes)
-    assert report.passes[0].stats["not_folded"] == {}
+    assert report.record("fuse-conv-bn").stats["not_folded"] == {}
     torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-5)
     onnx_path = zoo.export_hf_onnx(name, str(tmp_path / f"{name}.onnx"))
     n_bn = sum(n.op_type == "BatchNormalization" for n in onnx.load(onnx_path).graph.node)
@@ -301,7 +301,7 @@ def test_transformers_cnns_torch_and_onnx(name, tmp_path, capsys):
     assert f"folded={n_bn}" in capsys.readouterr().out
     fused = onnx.load(str(out))
     assert not any(n.op_type == "BatchNormalization" for n in fused.graph.node)
-    got = OnnxRunner(fused).run({"input": inputs[0].numpy()})["output"]
+    got = OrtRunner(fused).run({"input": inputs[0].numpy()})["output"]
     np.testing.assert_allclose(got, model(*inputs)[0].detach().numpy(), atol=1e-4, rtol=1e-4)
 
 
@@ -333,7 +333,7 @@ def test_torch_shared_conv_and_functional_bn():
     m = zoo._randomize_bn(TwoPaths()).eval()
     x = torch.randn(2, 3, 8, 8)
     gm, report = refold.optimize(m, (x,), passes=["fuse-conv-bn"], atol=1e-5, rtol=1e-5)
-    assert report.passes[0].stats["folded"] == 2
+    assert report.record("fuse-conv-bn").stats["folded"] == 2
     assert not any("batch_norm" in str(n.target) for n in gm.graph.nodes)
     torch.testing.assert_close(gm(x), m(x), atol=1e-5, rtol=1e-5)
     sd = gm.state_dict()
@@ -346,7 +346,7 @@ def test_tune_mode_trains_like_eval_mode_bn(name):
     model, inputs = zoo.tiny_hf_model(name)
     ref = copy.deepcopy(model)
     gm, report = refold.optimize(model, inputs, passes=[FuseConvBN(mode="tune")])
-    assert report.passes[0].stats["folded"] > 0
+    assert report.record("fuse-conv-bn").stats["folded"] > 0
     assert not any("batch_norm" in str(n.target) for n in gm.graph.nodes)
     assert set(dict(ref.named_parameters())) == set(dict(gm.named_parameters()))
     opt_a = torch.optim.SGD(ref.parameters(), lr=0.05)
@@ -384,7 +384,7 @@ def test_bn1d_before_linear_folds_forward():
     zoo._randomize_bn(lin)
     x = torch.randn(5, 4)
     gm, report = refold.optimize(lin, (x,), passes=["fuse-conv-bn"], atol=1e-5, rtol=1e-5)
-    assert report.passes[0].stats["by_rule"] == {"fuse-bn-linear": 1}
+    assert report.record("fuse-conv-bn").stats["by_rule"] == {"fuse-bn-linear": 1}
     torch.testing.assert_close(gm(x), lin(x), atol=1e-5, rtol=1e-5)
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import refold
 import zoo
 from refold import cli
-from refold.frontends.onnx_import import load_onnx
+from refold.frontends.onnx.importer import load_onnx
 from refold.passes import LayerNormToRMSNorm, PassManager
 
 
@@ -31,7 +31,7 @@ def count(gm, what):
 def test_pre_ln_torch_models_convert_every_layernorm(name, compress):
     model, inputs = hf(name)
     gm, report = refold.optimize(model, inputs, passes=[LayerNormToRMSNorm(compress=compress)], atol=1e-5, rtol=1e-5)
-    st = report.passes[0].stats
+    st = report.record("layernorm-to-rmsnorm").stats
     assert st["converted"] == st["layer_norms"] == 5 and st["not_converted"] == {}
     assert count(gm, "layer_norm") == 0 and count(gm, "rms_norm") == (0 if compress else 5)
     torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-5)
@@ -41,7 +41,7 @@ def test_pre_ln_torch_models_convert_every_layernorm(name, compress):
         assert (99, d - 1) in widths or (1, 17, d - 1) in widths, widths
     torch.export.export(gm, inputs)
     again = PassManager([LayerNormToRMSNorm(compress=compress)], check=False).run(refold.load(gm, inputs))
-    assert again.passes[0].modified is False  # idempotent
+    assert again.record("layernorm-to-rmsnorm").modified is False  # idempotent
 
 
 @pytest.mark.parametrize("name", ["gpt2", "vit"])
@@ -52,7 +52,7 @@ def test_pre_ln_onnx_exports_convert_through_the_cli(name, compress, hf_onnx, tm
     spec = "layernorm-to-rmsnorm" + (":compress=true" if compress else "")
     code = cli.main(["run", src, "-p", spec, "-o", str(out), "--atol", "1e-5", "--rtol", "1e-5", "--json", str(rep)])
     assert code == 0, capsys.readouterr().err
-    st = json.loads(rep.read_text())["passes"][0]["stats"]
+    st = next(p for p in json.loads(rep.read_text())["passes"] if p["name"] == "layernorm-to-rmsnorm")["stats"]
     assert st["converted"] == 5 and st["not_converted"] == {} and st["compressed"] is compress
     proto = onnx.load(str(out))
     assert not any(n.op_type == "LayerNormalization" for n in proto.graph.node)
@@ -72,7 +72,7 @@ def test_pre_ln_onnx_exports_convert_through_the_cli(name, compress, hf_onnx, tm
 def test_post_ln_bert_refused_per_layernorm(compress):
     model, inputs = hf("bert")
     gm, report = refold.optimize(model, inputs, passes=[LayerNormToRMSNorm(compress=compress)], atol=1e-5, rtol=1e-5)
-    rec = report.passes[0]
+    rec = report.record("layernorm-to-rmsnorm")
     # The embedding LayerNorm's output is the residual stream (Post-LN placement); every encoder
     # LayerNorm reads a Post-LN stream. Nothing changes, and each has its reason.
     assert rec.modified is False and rec.stats["converted"] == 0 and len(rec.stats["not_converted"]) == 5
@@ -86,7 +86,7 @@ def test_post_ln_bert_refused_per_layernorm(compress):
 def test_llama_is_already_rmsnorm():
     model, inputs = hf("llama")
     gm, report = refold.optimize(model, inputs, passes=["layernorm-to-rmsnorm"])
-    rec = report.passes[0]
+    rec = report.record("layernorm-to-rmsnorm")
     assert rec.modified is False and rec.stats["layer_norms"] == 0 and rec.stats["not_converted"] == {}
     torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=0, rtol=0)
 
@@ -142,18 +142,18 @@ def pre_ln_block(decomposed_opset18=False, stream_is_output=False, gelu_writer=F
 @pytest.mark.parametrize("decomposed", [False, True])
 def test_block_converts_in_both_forms(decomposed):
     m = pre_ln_block(decomposed_opset18=decomposed)
-    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).record("layernorm-to-rmsnorm")
     assert rec.stats["converted"] == 2, rec.stats
     assert not any(n.op == "layer_norm" for n in m.graph)
 
 
 def test_raw_stream_reader_and_nonlinear_writer_refused():
     m = pre_ln_block(stream_is_output=True)
-    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).record("layernorm-to-rmsnorm")
     assert rec.stats["converted"] == 0
     assert all("graph output" in why or "also read by" in why for why in rec.stats["not_converted"].values())
     m = pre_ln_block(gelu_writer=True)
-    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).record("layernorm-to-rmsnorm")
     assert rec.stats["converted"] == 1  # ln1 reads x@We + pos; ln2 reads a Tanh writer
     assert "not linear" in list(rec.stats["not_converted"].values())[0]
 
@@ -161,7 +161,7 @@ def test_raw_stream_reader_and_nonlinear_writer_refused():
 @pytest.mark.parametrize("decomposed", [False, True])
 def test_block_compresses_in_both_forms(decomposed):
     m = pre_ln_block(decomposed_opset18=decomposed)
-    rec = PassManager([LayerNormToRMSNorm(compress=True)], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    rec = PassManager([LayerNormToRMSNorm(compress=True)], atol=1e-5, rtol=1e-5).run(m).record("layernorm-to-rmsnorm")
     assert rec.stats["converted"] == 2 and rec.stats["compressed"], rec.stats
     assert [n.op for n in m.graph if n.op.endswith("norm")] == ["crms_norm", "crms_norm"]
     (we,) = [v for k, v in m.graph.initializers.items() if k.startswith("We")]
@@ -182,7 +182,7 @@ def test_compress_refused_when_a_layernorm_must_stay():
     # ln2 reads a Tanh writer and stays; ln1 could convert, but its stream feeds ln2 too, which
     # could not read d-1 coordinates: CRMSNorm converts neither, plain RMSNorm converts ln1.
     m = pre_ln_block(gelu_writer=True)
-    rec = PassManager([LayerNormToRMSNorm(compress=True)], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    rec = PassManager([LayerNormToRMSNorm(compress=True)], atol=1e-5, rtol=1e-5).run(m).record("layernorm-to-rmsnorm")
     assert rec.stats["converted"] == 0
     assert any("also read by" in why for why in rec.stats["not_converted"].values()), rec.stats
 
@@ -190,7 +190,7 @@ def test_compress_refused_when_a_layernorm_must_stay():
 def test_ppocr_rec_layernorms_recognised_and_refused_with_reason():
     m = load_onnx(zoo.ppocr_path("rec"))
     m.graph.inputs[0].shape = zoo.PPOCR_SHAPES["rec"]
-    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).passes[0]
+    rec = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-5).run(m).record("layernorm-to-rmsnorm")
     # its 5 written-out LayerNorms are found; the stream they read starts at a Swish output
     assert rec.stats["layer_norms"] == 5 and rec.stats["converted"] == 0
     assert all("not linear" in why for why in rec.stats["not_converted"].values())

@@ -6,10 +6,11 @@ import onnx
 import pytest
 
 import zoo
-from refold.frontends.onnx_export import to_onnx
-from refold.frontends.onnx_import import load_onnx
-from refold.frontends.onnx_save import save_onnx
-from refold.passes.probe import OnnxRunner, probe_inputs
+from refold.frontends.onnx.exporter import to_onnx
+from refold.frontends.onnx.importer import load_onnx
+from refold.frontends.onnx.save import save_onnx
+from refold.runtime import probe_inputs
+from refold.runtime.ort import OrtRunner
 
 
 def _roundtrip_file(src: str, tmp_path, shape=None, dims=None):
@@ -20,8 +21,8 @@ def _roundtrip_file(src: str, tmp_path, shape=None, dims=None):
     out = tmp_path / "out.onnx"
     save_onnx(load_onnx(src), out)  # save_onnx runs check_model(path, full_check=True) itself
     onnx.checker.check_model(str(out), full_check=True)
-    before = OnnxRunner(onnx.load(src)).run(feeds)
-    after = OnnxRunner(onnx.load(str(out))).run(feeds)
+    before = OrtRunner(onnx.load(src)).run(feeds)
+    after = OrtRunner(onnx.load(str(out))).run(feeds)
     assert before.keys() == after.keys()
     for k in before:
         np.testing.assert_array_equal(before[k], after[k])
@@ -117,7 +118,7 @@ def test_subgraph_outer_scope_and_functions_roundtrip():
     assert out.SerializeToString() == m.SerializeToString()
     x = np.array([1.0, -2.0], np.float32)
     for c in (True, False):
-        got = OnnxRunner(out).run({"x": x, "c": np.array(c)})["z"]
+        got = OrtRunner(out).run({"x": x, "c": np.array(c)})["z"]
         np.testing.assert_allclose(got, 2 * (np.maximum(x, 0) if c else -np.maximum(x, 0)))
 
 

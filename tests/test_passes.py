@@ -7,12 +7,13 @@ from onnx import TensorProto, helper, numpy_helper
 import refold
 import zoo
 from refold.errors import PassFailedError
-from refold.frontends.onnx_export import to_onnx
-from refold.frontends.onnx_import import load_onnx
+from refold.frontends.onnx.exporter import to_onnx
+from refold.frontends.onnx.importer import load_onnx
 from refold.ir.graph import Node
 from refold.passes import (CommonSubexpressionElimination, DeadCodeElimination, FoldConstants,
                            InferShapes, Pass, PassManager, PassResult, get_pass)
-from refold.passes.probe import OnnxRunner, probe_inputs
+from refold.runtime import probe_inputs
+from refold.runtime.ort import OrtRunner
 
 
 def run(model, *passes, **kw):
@@ -101,7 +102,7 @@ def test_cse_keeps_two_graph_outputs_named():
     run(m, "cse")
     out = to_onnx(m)
     assert [o.name for o in out.graph.output] == ["y1", "y2"]
-    got = OnnxRunner(out).run({"x": np.array([-1, 0, 2], np.float32)})
+    got = OrtRunner(out).run({"x": np.array([-1, 0, 2], np.float32)})
     np.testing.assert_array_equal(got["y2"], [0, 0, 2])
 
 

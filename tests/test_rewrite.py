@@ -7,7 +7,7 @@ from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Node
 from refold.ir.printer import format_graph
 from refold.ir.verify import verify
-from refold.passes.rewrite import Const, Matcher, Rule, Var, apply_rules, op
+from refold.ir.rewrite import Const, Matcher, Rule, Var, apply_rules, op
 
 
 def chain_graph():

@@ -5,8 +5,8 @@ import torch
 import refold
 import zoo
 from refold.errors import UnsupportedError
-from refold.frontends.torch_export import to_graph_module
-from refold.frontends.torch_import import import_module
+from refold.frontends.torch.exporter import to_graph_module
+from refold.frontends.torch.importer import import_module
 
 
 class SmallCNN(torch.nn.Module):

@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from typing import Any, Sequence
 
-from refold.errors import OutputError, UnsupportedError, UsageError
+import refold.frontends  # noqa: F401  (registers the ONNX and torch raisers)
+from refold.errors import UnsupportedError, UsageError
+from refold.fileio import write_text_atomic  # noqa: F401  (re-exported)
 from refold.ir.graph import Model
 from refold.passes import Pass, PassManager, Report, get_pass
 
@@ -42,26 +44,28 @@ def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False) -> M
     if isinstance(src, (str, os.PathLike)):
         path = resolve_path(os.fspath(src))
         if path.endswith((".pt", ".pt2", ".pth")):
-            from refold.frontends.torch_import import load_torch_file  # the torch frontend
+            from refold.frontends.torch.importer import (
+                load_torch_file,  # the torch frontend
+            )
 
             return load_torch_file(path, example_inputs, trust_code=trust_code)
-        from refold.frontends.onnx_import import load_onnx
+        from refold.frontends.onnx.importer import load_onnx
 
         return load_onnx(path)
     if isinstance(src, onnx.ModelProto):
-        from refold.frontends.onnx_import import load_onnx
+        from refold.frontends.onnx.importer import load_onnx
 
         return load_onnx(src)
     import torch
 
     if isinstance(src, torch.export.ExportedProgram):
-        from refold.frontends.torch_import import import_exported
+        from refold.frontends.torch.importer import import_exported
 
         return import_exported(src)
     if isinstance(src, torch.nn.Module):
         if example_inputs is None:
             raise UsageError(f"refold.load: a {type(src).__name__} needs example_inputs to be captured")
-        from refold.frontends.torch_import import import_module
+        from refold.frontends.torch.importer import import_module
 
         return import_module(src, example_inputs)
     raise UnsupportedError(f"refold.load: cannot load a {type(src).__name__}; give an ONNX path or "
@@ -70,10 +74,38 @@ def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False) -> M
 
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
          check: bool = True) -> None:
-    """Write an IR model to an ONNX file atomically (see ``refold.frontends.onnx_save``)."""
-    from refold.frontends.onnx_save import save_onnx
+    """Write an IR model to an ONNX file atomically (see ``refold.frontends.onnx.save``)."""
+    from refold.frontends.onnx.save import save_onnx
 
     save_onnx(model, path, external_data=external_data, check=check)
+
+
+class OptimizeReport(Report):
+    """The pipeline's report, plus views of what changed (it keeps a data-free snapshot of the input)."""
+
+    def _require_snapshot(self) -> None:
+        if self.before is None or self.model is None:
+            raise UsageError("this report kept no snapshot of the input: run optimize(..., snapshot=True)")
+
+    def diff(self):
+        """Node-by-node diff of the graph before the passes and after them."""
+        from refold.inspect.diff import diff
+
+        self._require_snapshot()
+        return diff(self.before, self.model, titles=("before", "after"))
+
+    def to_html(self, title: str = "refold report") -> str:
+        """A self-contained HTML viewer: before and after side by side, and this pass table."""
+        from refold.inspect.html import render
+
+        self._require_snapshot()
+        return render(self.before, self.model, titles=("before", "after"), report=self, title=title)
+
+
+def snapshot_of(model: Model, title: str = "before"):
+    from refold.inspect.snapshot import take
+
+    return take(model, title)
 
 
 def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass] | None = None, *,
@@ -94,25 +126,12 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
     ir = load(model, example_inputs)
     names = DEFAULT_PIPELINE if passes is None else passes
     pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol,
-                     probe=probe, dims=dims, snapshot=snapshot)
-    report = pm.run(ir)
+                     probe=probe, dims=dims)
+    report = pm.run(ir, OptimizeReport(before=snapshot_of(ir) if snapshot else None))
     if ir.source == "onnx":
-        from refold.frontends.onnx_export import to_onnx
+        from refold.frontends.onnx.exporter import to_onnx
 
         return to_onnx(ir), report
-    from refold.frontends.torch_export import to_graph_module  # the torch frontend
+    from refold.frontends.torch.exporter import to_graph_module  # the torch frontend
 
     return to_graph_module(ir), report
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Write beside the destination, then rename: a reader never sees half a file."""
-    tmp = path + ".refold-tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None

@@ -114,16 +114,23 @@ def _dims(specs: list[str]) -> dict[str, int]:
 
 
 def cmd_run(args) -> int:
-    from refold.api import DEFAULT_PIPELINE, load, resolve_path, write_text_atomic
-    from refold.frontends.onnx_save import save_onnx
+    from refold.api import (
+        DEFAULT_PIPELINE,
+        OptimizeReport,
+        load,
+        resolve_path,
+        snapshot_of,
+    )
+    from refold.fileio import write_text_atomic
+    from refold.frontends.onnx.save import save_onnx
     from refold.passes import PassManager, get_pass
 
     passes = [get_pass(p) for p in (args.passes or DEFAULT_PIPELINE)]
     dims = _dims(args.dim)
     model = load(args.model)
     pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
-                     check_limit_bytes=int(args.check_limit_mb * 2**20), snapshot=bool(args.report))
-    report = pm.run(model)
+                     check_limit_bytes=int(args.check_limit_mb * 2**20))
+    report = pm.run(model, OptimizeReport(before=snapshot_of(model) if args.report else None))
     ext = {"auto": None, "yes": True, "no": False}[args.external_data]
     save_onnx(model, args.output, external_data=ext)
     if args.report:  # the file as written, against the file as read: both in ONNX terms
@@ -139,18 +146,20 @@ def cmd_run(args) -> int:
 
 
 def cmd_diff(args) -> int:
+    from refold.api import load
     from refold.inspect.diff import diff
 
-    d = diff(args.a, args.b, titles=(args.a, args.b))
+    d = diff(load(args.a), load(args.b), titles=(args.a, args.b))
     print(json.dumps(d.to_dict(), indent=2, default=str) if args.json else d.format(limit=args.limit))
     return 0
 
 
 def cmd_report(args) -> int:
-    from refold.api import write_text_atomic
+    from refold.api import load
+    from refold.fileio import write_text_atomic
     from refold.inspect.html import render
 
-    write_text_atomic(args.output, render(args.a, args.b, titles=(args.a, args.b)))
+    write_text_atomic(args.output, render(load(args.a), load(args.b), titles=(args.a, args.b)))
     print(f"{args.a} vs {args.b} -> {args.output}")
     return 0
 

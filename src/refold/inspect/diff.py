@@ -84,15 +84,17 @@ class GraphDiff:
 
 
 def as_snapshot(x: Any, title: str) -> Snapshot:
+    """A snapshot of a Model or Graph (a snapshot stays as it is). Files are loaded by the caller."""
     if isinstance(x, Snapshot):
         return x
     from refold.ir.graph import Graph, Model
 
     if isinstance(x, (Model, Graph)):
         return take(x, title)
-    from refold.api import load
+    from refold.errors import UsageError
 
-    return take(load(x), title or (x if isinstance(x, str) else ""))
+    raise UsageError(f"refold.inspect takes refold Models or snapshots, not a {type(x).__name__}; "
+                     f"load it first (refold.load)")
 
 
 def _known(p) -> bool:
@@ -134,7 +136,7 @@ def _changes(na: NodeView, nb: NodeView, pairs: dict[str, str]) -> list[str]:
 
 
 def diff(a: Any, b: Any, *, titles: tuple[str, str] = ("", "")) -> GraphDiff:
-    """Diff two graphs: paths, refold Models/Graphs, ONNX protos, or snapshots."""
+    """Diff two graphs: refold Models / Graphs or snapshots of them."""
     sa, sb = as_snapshot(a, titles[0]), as_snapshot(b, titles[1])
     ka, kb = sa.by_key(), sb.by_key()
     pairs: dict[str, str] = {}

@@ -12,21 +12,12 @@ class View:
     ``save(path)`` writes it.
     """
 
-    def __init__(self, model: Any, other: Any = None, *, example_inputs: Any = None, title: str = "refold"):
+    def __init__(self, model: Any, other: Any = None, *, title: str = "refold"):
         from refold.inspect.diff import as_snapshot
-        from refold.inspect.snapshot import Snapshot
-
-        def snap(x: Any, t: str) -> Snapshot:
-            if example_inputs is not None and not isinstance(x, (str, Snapshot)):
-                from refold.api import load
-                from refold.inspect.snapshot import take
-
-                return take(load(x, example_inputs), t)
-            return as_snapshot(x, t)
 
         self.title = title
-        self.a = snap(model, "before" if other is not None else "")
-        self.b = snap(other, "after") if other is not None else None
+        self.a = as_snapshot(model, "before" if other is not None else "")
+        self.b = as_snapshot(other, "after") if other is not None else None
 
     def to_html(self) -> str:
         from refold.inspect.html import render
@@ -34,7 +25,7 @@ class View:
         return render(self.a, self.b, title=self.title)
 
     def save(self, path: str) -> str:
-        from refold.api import write_text_atomic
+        from refold.fileio import write_text_atomic
 
         write_text_atomic(path, self.to_html())
         return path

@@ -538,5 +538,10 @@ class Model:
         return sum(v.const.numel for g in self.graph.all_graphs() for v in g.initializers.values()
                    if v.const is not None and v.dtype is not None and v.dtype.is_float)
 
+    def weight_bytes(self) -> int:
+        """Bytes of every constant, subgraphs included (what an engine must hold)."""
+        return sum(v.const.nbytes for g in self.graph.all_graphs() for v in g.initializers.values()
+                   if v.const is not None)
+
     def __repr__(self) -> str:
         return f"Model({self.graph.name!r}, opset={self.opset_imports}, {len(self.graph)} nodes)"

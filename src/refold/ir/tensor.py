@@ -98,7 +98,7 @@ class Tensor:
 
 
 def _read_external(dtype: DType, shape: tuple[int, ...], ref: ExternalRef) -> np.ndarray:
-    from onnx import numpy_helper, TensorProto
+    from onnx import TensorProto, numpy_helper
 
     with open(ref.path, "rb") as f:
         f.seek(ref.offset)

@@ -10,8 +10,7 @@ import dataclasses
 import time
 from typing import Any
 
-
-from refold.errors import PassFailedError, RefoldError, UnsupportedError, UsageError
+from refold.errors import PassFailedError, RefoldError, UsageError
 from refold.ir.graph import Model
 from refold.ir.verify import VerifyError, verify
 
@@ -27,17 +26,50 @@ class PassResult:
         return self.model.graph
 
 
+class Reason(str):
+    """Why a node was left alone: readable text, plus a stable ``code`` to test and group by.
+
+    >>> r = Reason("BatchNormalization has training_mode=1", code="training-mode")
+    >>> r.code, "training" in r
+    ('training-mode', True)
+    """
+
+    code: str
+
+    def __new__(cls, text: str, code: str = "other"):
+        self = super().__new__(cls, text)
+        self.code = code
+        return self
+
+    def __reduce__(self):
+        return (Reason, (str(self), self.code))
+
+
+# Model properties a pass can require or ensure. The PassManager establishes a required one by
+# running the step that ensures it (and records, verifies and checks that step like any pass).
+RAISED = "core"  # dialect ops with a core equivalent have been raised to core ops
+
+
 class Pass:
     """A whole-model transformation. Subclasses set ``name`` and ``description`` and implement
-    ``call``. Passes are idempotent: a second run reports ``modified=False``."""
+    ``call``. Passes are idempotent: a second run reports ``modified=False``.
+
+    ``requires``: properties the model must have before ``call`` (``{"core"}``: ops raised to core);
+    ``ensures``: properties it has after. Called directly (``pass_(model)``), a pass establishes
+    what it requires itself; under a PassManager, the manager does, as a recorded step.
+    """
 
     name = "pass"
     description = ""
+    requires: frozenset[str] = frozenset()
+    ensures: frozenset[str] = frozenset()
 
     def call(self, model: Model) -> PassResult:
         raise NotImplementedError
 
     def __call__(self, model: Model) -> PassResult:
+        for prop in sorted(self.requires):
+            provider(prop).call(model)
         return self.call(model)
 
     def __repr__(self) -> str:
@@ -67,26 +99,15 @@ class Report:
     passes: list[PassRecord] = dataclasses.field(default_factory=list)
     check_engine: str = ""
     check_note: str = ""
-    before: Any = None  # inspect.snapshot.Snapshot of the input, when the manager kept one
+    before: Any = None  # a data-free snapshot of the input, when the caller kept one
     model: Any = None   # the model after the last pass
 
-    def _require_snapshot(self) -> None:
-        if self.before is None or self.model is None:
-            raise UsageError("this report kept no snapshot of the input: run with PassManager(snapshot=True)")
-
-    def diff(self):
-        """Node-by-node diff of the graph before the passes and after them."""
-        from refold.inspect.diff import diff
-
-        self._require_snapshot()
-        return diff(self.before, self.model, titles=("before", "after"))
-
-    def to_html(self, title: str = "refold report") -> str:
-        """A self-contained HTML viewer: before and after side by side, and this pass table."""
-        from refold.inspect.html import render
-
-        self._require_snapshot()
-        return render(self.before, self.model, titles=("before", "after"), report=self, title=title)
+    def record(self, name: str) -> PassRecord:
+        """The record of the (last) step called ``name``."""
+        for r in reversed(self.passes):
+            if r.name == name:
+                return r
+        raise KeyError(f"no pass '{name}' in this report; ran {[r.name for r in self.passes]}")
 
     @property
     def rewrites(self) -> int:
@@ -119,127 +140,80 @@ def count_nodes(model: Model) -> int:
 
 
 class PassManager:
-    """Run passes in order; after each: verify the IR, then (``check``) compare outputs on probe
-    inputs with the graph before the pass. A pass over tolerance fails, naming the first node whose
-    output diverges.
+    """Run passes in order; before each, establish what it ``requires`` (raising to core is such a
+    step); after each step: verify the IR, then (``check``) compare outputs with the graph before
+    it. A step over tolerance fails, naming the first node whose output diverges.
 
-    ``probe`` is a dict of inputs or a list of such dicts; generated from input types if omitted.
+    ``checker`` is anything with ``compare(model, pass_name)``; by default one from
+    ``refold.runtime.check`` on ``probe`` inputs (a dict or list of dicts; generated from the input
+    types if omitted).
     """
 
     def __init__(self, passes: list[Pass], *, check: bool = True, probe=None, atol: float = 1e-4,
                  rtol: float = 1e-4, dims: dict[str, int] | None = None,
-                 check_limit_bytes: int = 512 << 20, verify: bool = True, snapshot: bool = False):
+                 check_limit_bytes: int = 512 << 20, verify: bool = True, checker=None):
         self.passes = list(passes)
-        self.snapshot = snapshot  # keep a data-free view of the input graph for diffs and to_html()
         self.check = check
+        self.checker = checker
         self.probe = probe
         self.atol, self.rtol = atol, rtol
         self.dims = dims
         self.check_limit_bytes = check_limit_bytes
         self.verify = verify
 
-    def run(self, model: Model) -> Report:
-        report = Report()
-        if self.snapshot:
-            from refold.inspect.snapshot import take
-
-            report.before = take(model, "before")
-        checker = self._make_checker(model, report) if self.check else None
+    def run(self, model: Model, report: Report | None = None) -> Report:
+        report = report if report is not None else Report()
+        checker = self._make_checker(model) if self.check else None
+        if checker is not None:
+            report.check_engine, report.check_note = checker.engine, checker.note
+        have: set[str] = set()
         for p in self.passes:
-            before = count_nodes(model)
-            t0 = time.perf_counter()
-            try:
-                result = p.call(model)
-            except RefoldError:
-                raise
-            except Exception as e:
-                raise PassFailedError(f"pass '{p.name}' crashed: {type(e).__name__}: {e}") from e
-            seconds = time.perf_counter() - t0
-            model = result.model
-            if self.verify:
-                try:
-                    verify(model.graph)
-                except VerifyError as e:
-                    raise PassFailedError(f"pass '{p.name}' left an invalid graph: {e}") from None
-            rec = PassRecord(p.name, seconds, before, count_nodes(model), result.modified,
-                             dict(result.stats))
-            if checker is not None and result.modified:
-                rec.max_abs, rec.max_rel = checker.compare(model, p.name)
-            elif checker is not None:
-                rec.max_abs, rec.max_rel = 0.0, 0.0
-            report.passes.append(rec)
+            for prop in sorted(p.requires - have):
+                model = self._step(provider(prop), model, checker, report)
+                have.add(prop)
+            model = self._step(p, model, checker, report)
+            have |= p.ensures
         report.model = model
         return report
 
-    def _make_checker(self, model: Model, report: Report):
-        from refold.frontends.onnx_save import weight_bytes
-
-        if model.source == "onnx":
-            size = weight_bytes(model)
-            if size > self.check_limit_bytes:
-                report.check_note = (f"numeric check skipped: {size / 2**20:.0f} MiB of weights is over "
-                                     f"the {self.check_limit_bytes / 2**20:.0f} MiB check limit")
-                return None
-            try:
-                return _OnnxChecker(model, self, report)
-            except UnsupportedError as e:
-                report.check_note = f"numeric check skipped: {e}"
-                return None
-        from refold.passes.torch_check import TorchChecker  # the torch frontend provides it
-
-        return TorchChecker(model, self, report)
-
-
-class _OnnxChecker:
-    def __init__(self, model: Model, pm: PassManager, report: Report):
-        from refold.frontends.onnx_export import to_onnx
-        from refold.passes.probe import OnnxRunner, probe_inputs
-
-        self.pm = pm
-        probes = pm.probe if pm.probe is not None else probe_inputs(model, dims=pm.dims)
-        self.probes = probes if isinstance(probes, list) else [probes]
-        self.proto = to_onnx(model)
-        runner = OnnxRunner(self.proto)
-        report.check_engine = runner.engine
-        self.ref = [runner.run(f) for f in self.probes]
-        report.check_note = (f"{len(self.probes)} probe input set(s) on {runner.engine}; "
-                             f"tolerance atol={pm.atol:g} rtol={pm.rtol:g}")
-
-    def compare(self, model: Model, pass_name: str) -> tuple[float, float]:
-        from refold.frontends.onnx_export import to_onnx
-        from refold.passes.probe import OnnxRunner, max_errors
-
-        proto = to_onnx(model)
-        runner = OnnxRunner(proto)
-        worst_abs = worst_rel = 0.0
-        for feeds, ref in zip(self.probes, self.ref):
-            got = runner.run(feeds)
-            missing = [k for k in ref if k not in got]
-            if missing:
-                raise PassFailedError(f"pass '{pass_name}' lost graph outputs {missing}")
-            e_abs, e_rel, where = max_errors(ref, got)
-            if e_abs > self.pm.atol and e_rel > self.pm.rtol:
-                first = self._first_divergence(proto, feeds)
-                raise PassFailedError(f"pass '{pass_name}' changed output '{where}' by {e_abs:.3g} "
-                                      f"(relative {e_rel:.3g}); first diverging node: {first}")
-            worst_abs, worst_rel = max(worst_abs, e_abs), max(worst_rel, e_rel)
-        self.proto, self.ref = proto, [runner.run(f) for f in self.probes]
-        return worst_abs, worst_rel
-
-    def _first_divergence(self, proto, feeds) -> str:
-        """Run before and after with every shared intermediate exposed; name the first that differs."""
-        from refold.passes.probe import OnnxRunner, max_errors
-
-        before = {o for n in self.proto.graph.node for o in n.output if o}
-        shared = [(n, o) for n in proto.graph.node for o in n.output if o in before]
+    def _step(self, p: Pass, model: Model, checker, report: Report) -> Model:
+        before = count_nodes(model)
+        t0 = time.perf_counter()
         try:
-            a = OnnxRunner(self.proto, extra_outputs=[o for _, o in shared]).run(feeds)
-            b = OnnxRunner(proto, extra_outputs=[o for _, o in shared]).run(feeds)
-        except Exception as e:  # intermediates without types can stop ORT; say so
-            return f"unknown ({str(e).splitlines()[0][:120]})"
-        for n, o in shared:
-            if o in a and o in b:
-                e_abs, e_rel, _ = max_errors({o: a[o]}, {o: b[o]})
-                if e_abs > self.pm.atol and e_rel > self.pm.rtol:
-                    return f"'{n.name or n.op_type}' ({n.op_type}) output '{o}' differs by {e_abs:.3g}"
-        return "none of the shared intermediates differ (the change is in new nodes)"
+            result = p.call(model)
+        except RefoldError:
+            raise
+        except Exception as e:
+            raise PassFailedError(f"pass '{p.name}' crashed: {type(e).__name__}: {e}") from e
+        seconds = time.perf_counter() - t0
+        model = result.model
+        if self.verify:
+            try:
+                verify(model.graph)
+            except VerifyError as e:
+                raise PassFailedError(f"pass '{p.name}' left an invalid graph: {e}") from None
+        rec = PassRecord(p.name, seconds, before, count_nodes(model), result.modified,
+                         dict(result.stats))
+        if checker is not None and result.modified:
+            rec.max_abs, rec.max_rel = checker.compare(model, p.name)
+        elif checker is not None and checker.engine:
+            rec.max_abs, rec.max_rel = 0.0, 0.0
+        report.passes.append(rec)
+        return model
+
+    def _make_checker(self, model: Model):
+        if self.checker is not None:
+            return self.checker
+        from refold.runtime.check import CheckSettings, make_checker
+
+        return make_checker(model, CheckSettings(self.atol, self.rtol, self.probe, self.dims,
+                                                 self.check_limit_bytes))
+
+
+def provider(prop: str) -> Pass:
+    """The step that establishes ``prop``."""
+    if prop == RAISED:
+        from refold.passes.raise_core import RaiseToCore
+
+        return RaiseToCore()
+    raise UsageError(f"no pass establishes the property '{prop}'")

@@ -6,53 +6,20 @@ whose output would exceed the cap, or whose size cannot be known, is left alone 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
-import onnx
 
 from refold.ir.graph import CORE, Graph, Model, Node
+from refold.ir.rewrite import remove_dead
 from refold.ir.tensor import Tensor
 from refold.passes.base import Pass, PassResult
 from refold.passes.cse import NONDETERMINISTIC
-from refold.passes.rewrite import remove_dead
+from refold.runtime.reference import (
+    evaluate_onnx_node,
+    inferred_output_bytes,
+    node_model,
+)
 
 DEFAULT_MAX_BYTES = 1 << 20
-
-
-def _mini_model(node: Node, opsets: dict[str, int]) -> onnx.ModelProto:
-    from refold.frontends.onnx_export import inline_tensor
-
-    inits = [inline_tensor(v.name, v.const) for v in node.inputs if v is not None]
-    n = onnx.helper.make_node(node.op, ["" if v is None else v.name for v in node.inputs],
-                              [v.name if v.kind != "omitted" else "" for v in node.outputs],
-                              domain=node.domain or None)
-    from refold.frontends.onnx_export import _Exporter
-
-    exp = _Exporter(Model(Graph()), lambda name, t: inline_tensor(name, t))
-    for k, val in node.attrs.items():
-        n.attribute.append(exp.attribute(k, val, node.attr_types.get(k), "", None))
-    outs = [onnx.ValueInfoProto(name=v.name) for v in node.outputs if v.kind != "omitted"]
-    g = onnx.helper.make_graph([n], "fold", [], outs, initializer=inits)
-    return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid(d, v)
-                                                    for d, v in opsets.items()])
-
-
-def _inferred_bytes(mini: onnx.ModelProto) -> int | None:
-    try:
-        inf = onnx.shape_inference.infer_shapes(mini, data_prop=True)
-    except Exception:
-        return None
-    total = 0
-    for o in inf.graph.output:
-        tt = o.type.tensor_type
-        if not tt.elem_type or not tt.HasField("shape"):
-            return None
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-        if any(d is None or d < 0 for d in dims):
-            return None
-        total += math.prod(dims) * max(1, onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).itemsize)
-    return total
 
 
 def _input_bytes(node: Node) -> int:
@@ -75,19 +42,16 @@ def fold_node(node: Node, opsets: dict[str, int], max_bytes: int) -> list[np.nda
         if sum(a.nbytes for a in arrays) > max_bytes:
             return f"output over the {max_bytes}-byte cap"
         return arrays
-    mini = _mini_model(node, opsets)
-    size = _inferred_bytes(mini)
+    mini = node_model(node, opsets)
+    size = inferred_output_bytes(mini)
     if size is None:
         return "output size cannot be inferred"
     if size > max_bytes:
         return f"output would be {size} bytes, over the {max_bytes}-byte cap"
-    from onnx.reference import ReferenceEvaluator
-
     try:
-        outs = ReferenceEvaluator(mini).run(None, {})
+        return evaluate_onnx_node(mini)
     except Exception as e:
         return f"evaluation failed: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}"
-    return [np.asarray(o) for o in outs]
 
 
 def _foldable(node: Node) -> bool:

@@ -15,10 +15,9 @@ import numpy as np
 from refold.errors import UnsupportedError, UsageError
 from refold.ir.dtypes import DType
 from refold.ir.graph import CORE, Model, Node, Value
+from refold.ir.rewrite import Builder, Const, Match, Rule, Var, apply_rules, op
 from refold.ir.tensor import Tensor
-from refold.passes.base import Pass, PassResult
-from refold.passes.raise_core import RaiseToCore
-from refold.passes.rewrite import Builder, Const, Match, Rule, Var, apply_rules, op
+from refold.passes.base import RAISED, Pass, PassResult, Reason
 
 _LOW_PRECISION = (DType.FLOAT16, DType.BFLOAT16)
 
@@ -305,6 +304,10 @@ def _rules(mode: str) -> list[Rule]:
     ]
 
 
+_BN_OPS = ("BatchNormalization", "batch_norm", "_native_batch_norm_legit_no_training",
+           "native_batch_norm", "_native_batch_norm_legit")
+
+
 def _to_affine(model: Model) -> int:
     """A BN left alone becomes y = x * s + t (two per-channel ops, no sqrt at run time)."""
     count = 0
@@ -341,6 +344,7 @@ class FuseConvBN(Pass):
 
     name = "fuse-conv-bn"
     description = "fold BatchNorm into adjacent conv/linear weights (deploy), or on the fly each forward (tune)"
+    requires = frozenset({RAISED})
 
     def __init__(self, mode: str = "deploy", affine: bool = False):
         if mode not in ("deploy", "tune"):
@@ -354,12 +358,14 @@ class FuseConvBN(Pass):
                 "fuse-conv-bn: Tune mode recomputes folded weights from trainable parameters on every "
                 "forward, which only pays off while training; an ONNX graph is an inference graph, "
                 "where Deploy mode gives the same outputs and costs nothing at run time: use mode='deploy'")
-        raised = RaiseToCore().call(model)
         stats = apply_rules(model.graph, _rules(self.mode))
+        not_raised = model.meta.get("refold.not_raised", {})
         not_folded: dict[str, str] = {}
-        for name, why in raised.stats.get("not_raised", {}).items():
-            if "atchNorm" in why or "batch_norm" in why:
-                not_folded[name] = why
+        for g in model.graph.all_graphs():
+            for n in g:  # a BatchNorm the frontend could not raise (training mode, extra outputs)
+                key = n.name or n.outputs[0].name
+                if n.domain != CORE and n.op in _BN_OPS and key in not_raised:
+                    not_folded[key] = Reason(not_raised[key], "not-raised")
         reasons = {node: why for r in stats.skipped.values() for node, why in r.items()}
 
         def reason_for(bn: Node) -> str | None:
@@ -374,14 +380,18 @@ class FuseConvBN(Pass):
                 if n.domain == CORE and n.op == "batch_norm":
                     key = n.name or n.outputs[0].name
                     prod = n.inputs[0].producer
-                    why_prod = raised.stats.get("not_raised", {}).get(prod.name) if prod else None
-                    not_folded[key] = reason_for(n) or (
-                        f"its producer {prod.qualified_op} could not be raised ({why_prod})" if why_prod else
-                        f"input comes from {prod.qualified_op if prod else 'a graph input'}, not a "
-                        f"conv or linear; no conv or linear without padding reads it alone")
+                    why_prod = not_raised.get(prod.name) if prod else None
+                    rule_why = reason_for(n)
+                    not_folded[key] = (
+                        Reason(rule_why, "rule-rejected") if rule_why else
+                        Reason(f"its producer {prod.qualified_op} could not be raised ({why_prod})",
+                               "producer-not-raised") if why_prod else
+                        Reason(f"input comes from {prod.qualified_op if prod else 'a graph input'}, not a "
+                               f"conv or linear; no conv or linear without padding reads it alone",
+                               "no-partner"))
         affine = _to_affine(model) if self.affine else 0
         folded = stats.total
-        changed = bool(folded or affine or raised.stats.get("rewrites"))
+        changed = bool(folded or affine)
         return PassResult(model, changed, {
             "folded": folded, "affine": affine, "rewrites": folded + affine, "mode": self.mode,
             "by_rule": dict(stats.applied), "not_folded": not_folded,

@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 
 from refold.errors import UnsupportedError
-from refold.frontends.torch_import import ATEN, PYFN, TensorArg
+from refold.frontends.torch.importer import ATEN, PYFN, TensorArg
 from refold.ir.graph import CORE, Model, Node, Value
 
 
@@ -71,7 +71,7 @@ def to_graph_module(model: Model) -> fx.GraphModule:
                     raise UnsupportedError(f"{node.label()}: reads '{v.name}', which is not defined")
             ins.append(env[id(v)])
         if node.domain == CORE:
-            from refold.frontends.torch_lower import lower_core_node
+            from refold.frontends.torch.lower import lower_core_node
 
             out = lower_core_node(graph, node, ins)
         else:

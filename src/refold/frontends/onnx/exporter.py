@@ -8,7 +8,7 @@ import onnx
 from onnx import AttributeProto as AP
 
 from refold.errors import UnsupportedError
-from refold.frontends.onnx_import import restore_defaults, type_to_proto
+from refold.frontends.onnx.importer import restore_defaults, type_to_proto
 from refold.ir.graph import CORE, Graph, Model, Node, Value
 from refold.ir.tensor import Tensor
 
@@ -151,7 +151,7 @@ class _Exporter:
                 if id(v) in pending_ids:
                     emit_const(v)
             if node.domain == CORE:
-                from refold.frontends.onnx_lower import lower_core_node
+                from refold.frontends.onnx.lower import lower_core_node
 
                 protos = lower_core_node(node, self)
                 for p in protos:

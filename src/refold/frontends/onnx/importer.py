@@ -9,7 +9,7 @@ import onnx
 from onnx import AttributeProto as AP
 
 from refold.errors import InvalidModelError
-from refold.frontends.onnx_file import read_model_proto, resolve_external
+from refold.frontends.onnx.file import read_model_proto, resolve_external
 from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Model, Node, Value
 from refold.ir.tensor import Tensor, check_inline_payload
@@ -25,7 +25,7 @@ _VERBATIM_ATTRS = {AP.SPARSE_TENSOR, AP.SPARSE_TENSORS, AP.TYPE_PROTO, AP.TYPE_P
 def load_onnx(src: str | os.PathLike | onnx.ModelProto) -> Model:
     """Load an ONNX file (by path, external data checked and left on disk) or a ModelProto."""
     if isinstance(src, onnx.ModelProto):
-        from refold.frontends.onnx_file import check_header
+        from refold.frontends.onnx.file import check_header
 
         check_header(src, "<ModelProto>")
         return import_model(src, base_dir=None, where="<ModelProto>")

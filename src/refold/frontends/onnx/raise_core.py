@@ -1,7 +1,7 @@
 """raise_to_core for ONNX: map ONNX ops, and decomposed patterns, to core ops.
 
 A node that cannot be raised exactly stays as it is, and the reason is recorded; exporting a raised
-graph lowers the core ops back to the model's opset (onnx_lower.py).
+graph lowers the core ops back to the model's opset (lower.py).
 """
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 
+from refold.ir.dialects import RaiseResult
 from refold.ir.graph import CORE, Graph, Model, Node
 from refold.ir.graph import const_ints as _const_ints
-from refold.passes.rewrite import Builder, Const, Match, Rule, RewriteStats, Var, apply_rules, op
+from refold.ir.rewrite import Builder, Const, Match, Rule, Var, apply_rules, op
 
 Raised = "tuple[str, list, dict] | str"  # (core op, inputs, attrs), or why not
 
@@ -395,10 +396,10 @@ def forward_constant_identities(graph: Graph) -> int:
     return count
 
 
-def raise_to_core(model: Model) -> tuple[int, RewriteStats, dict[str, str]]:
-    """Raise a model in place; returns (nodes raised, pattern stats, reasons for nodes left)."""
+def raise_to_core(model: Model) -> RaiseResult:
+    """Raise a model in place: 1:1 ops, then decomposed patterns; reasons for nodes left."""
     skipped: dict[str, str] = {}
     n = forward_constant_identities(model.graph)
     n += raise_nodes(model.graph, model.opset_imports, skipped)
     stats = apply_rules(model.graph, pattern_rules())
-    return n, stats, skipped
+    return RaiseResult(n, stats, skipped)

@@ -10,9 +10,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from refold.frontends.torch_import import ATEN, TensorArg
+from refold.frontends.torch.importer import ATEN, TensorArg
+from refold.ir.dialects import RaiseResult
 from refold.ir.graph import CORE, Graph, Model, Node
-from refold.passes.rewrite import Builder, Match, Rule, RewriteStats, Var, apply_rules, op
+from refold.ir.rewrite import Builder, Match, Rule, Var, apply_rules, op
 
 
 class _Call:
@@ -289,8 +290,9 @@ def _rms_rules() -> list[Rule]:
     return [Rule("rms-norm-decomposed", pattern, rewrite, why_not)]
 
 
-def raise_to_core(model: Model) -> tuple[int, RewriteStats, dict[str, str]]:
+def raise_to_core(model: Model) -> RaiseResult:
+    """Raise a torch-sourced model in place: ATen ops with a core equivalent, written-out RMSNorm."""
     skipped: dict[str, str] = {}
     n = raise_nodes(model.graph, skipped)
     stats = apply_rules(model.graph, _rms_rules())
-    return n, stats, skipped
+    return RaiseResult(n, stats, skipped)

@@ -1,9 +1,7 @@
-"""Running a graph on probe inputs: ONNX Runtime for ONNX graphs, onnx's reference evaluator where
-ONNX Runtime lacks an op. Used by the PassManager's numeric check."""
+"""Probe inputs made from a graph's input types, and the error measure the numeric check uses."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from refold.errors import UnsupportedError
 from refold.ir.dtypes import DType
@@ -36,66 +34,6 @@ def probe_inputs(model: Model, *, seed: int = 0, dims: dict[str, int] | None = N
             arr = rng.integers(0, 4, shape).astype(dt.numpy())
         feeds[v.name] = np.asarray(arr)
     return feeds
-
-
-class OnnxRunner:
-    """Runs an exported ModelProto; remembers which engine worked."""
-
-    def __init__(self, proto: onnx.ModelProto, *, extra_outputs: list[str] = ()):
-        self.proto = proto
-        self.engine = None
-        self._sess = None
-        if extra_outputs:
-            proto = _with_outputs(proto, extra_outputs)
-            self.proto = proto
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(proto.SerializeToString(), so,
-                                              providers=["CPUExecutionProvider"])
-            self.engine = "onnxruntime"
-        except Exception as e:  # ORT lacks an op, or rejects the model
-            self.ort_error = str(e).splitlines()[0][:300]
-            from onnx.reference import ReferenceEvaluator
-
-            try:
-                self._ref = ReferenceEvaluator(proto)
-                self.engine = "onnx.reference"
-            except Exception as e2:
-                raise UnsupportedError(f"cannot run model for the numeric check: ONNX Runtime: "
-                                       f"{self.ort_error}; reference evaluator: "
-                                       f"{str(e2).splitlines()[0][:200]}") from None
-
-    @property
-    def output_names(self) -> list[str]:
-        return [o.name for o in self.proto.graph.output]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        names = self.output_names
-        if self._sess is not None:
-            outs = self._sess.run(names, feeds)
-        else:
-            outs = self._ref.run(names, feeds)
-        return dict(zip(names, outs))
-
-
-def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(proto)
-    have = {o.name for o in m.graph.output}
-    types = {vi.name: vi for vi in m.graph.value_info}
-    for n in names:
-        if n in have:
-            continue
-        vi = types.get(n)
-        if vi is not None:
-            m.graph.output.append(vi)
-        else:
-            m.graph.output.append(onnx.ValueInfoProto(name=n))
-    return m
 
 
 def max_errors(ref: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[float, float, str | None]:

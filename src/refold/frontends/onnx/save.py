@@ -15,7 +15,7 @@ import tempfile
 import onnx
 
 from refold.errors import InvalidModelError, OutputError
-from refold.frontends.onnx_export import inline_tensor, to_onnx
+from refold.frontends.onnx.exporter import inline_tensor, to_onnx
 from refold.ir.graph import Model
 from refold.ir.tensor import Tensor
 
@@ -87,8 +87,7 @@ def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
 
 
 def weight_bytes(model: Model) -> int:
-    return sum(v.const.nbytes for g in model.graph.all_graphs() for v in g.initializers.values()
-               if v.const is not None)
+    return model.weight_bytes()
 
 
 def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,

@@ -1,0 +1,1 @@
+"""The ONNX frontend: safe file reading, import, export, atomic save, raising to core, lowering."""

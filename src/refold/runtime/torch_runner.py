@@ -1,0 +1,132 @@
+"""The torch runner: any refold graph as a torch program, with autograd.
+
+Core ops run their reference implementations (torch code), ATen ops call ``torch.ops.aten``, and
+ONNX ops run through ``onnx_torch.ONNX_TORCH``, so a pass can differentiate through a model that
+came from an ONNX file as easily as through one from torch.export.
+
+>>> runner = TorchRunner(model, trainable=True)                        # doctest: +SKIP
+>>> x = torch.randn(1, 3, 32, 32, requires_grad=True)                   # doctest: +SKIP
+>>> loss = runner.run({"input": x})["logits"].square().sum()            # doctest: +SKIP
+>>> loss.backward(); x.grad, runner.parameters()["conv1.weight"].grad   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from refold.errors import UnsupportedError
+from refold.ir.graph import CORE, Model, Node, Value
+from refold.runtime.base import Runner
+from refold.runtime.interpreter import interpret
+
+
+def to_torch(x: Any) -> Any:
+    if x is None or isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray) or np.isscalar(x):
+        arr = np.asarray(x)
+        if arr.dtype == object:
+            return arr
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    return x
+
+
+def to_numpy(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().cpu()
+        return t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_numpy(t) for t in x)
+    return x
+
+
+class TorchRunner(Runner):
+    """Runs the IR in torch. Outputs are torch tensors that keep their autograd history.
+
+    ``trainable``: constants become leaf tensors with ``requires_grad`` (floating ones), reachable
+    through ``parameters()`` by value name; True marks all float constants, a list marks those names.
+    """
+
+    engine = "torch"
+
+    def __init__(self, model: Model, *, trainable: bool | list[str] = False, device: str = "cpu"):
+        super().__init__(model)
+        self.device = torch.device(device)
+        self._consts: dict[int, torch.Tensor] = {}
+        self._params: dict[str, torch.Tensor] = {}
+        names = None if trainable is True else set(trainable or ())
+        for v in model.graph.initializers.values():
+            if v.const is None or not (trainable is True or v.name in (names or ())):
+                continue
+            t = v.const.torch().detach().to(self.device)
+            if t.is_floating_point():
+                t = t.clone().requires_grad_(True)
+                self._params[v.name] = t
+                self._consts[id(v)] = t
+        missing = sorted((names or set()) - set(self._params))
+        if missing:
+            raise UnsupportedError(f"cannot mark {missing} trainable: not float constants of the graph")
+        self._check_ops()
+
+    def parameters(self) -> dict[str, torch.Tensor]:
+        """The trainable leaf tensors, by value name."""
+        return dict(self._params)
+
+    def _check_ops(self) -> None:
+        from refold.runtime.onnx_torch import ONNX_TORCH
+
+        lacking = sorted({n.qualified_op for n in self.model.graph
+                          if n.dialect == "onnx" and n.op not in ONNX_TORCH})
+        if lacking:
+            raise UnsupportedError(f"the torch runner has no implementation of {lacking}; "
+                                   f"use the reference or ORT runner for this graph")
+
+    def _const(self, v: Value) -> torch.Tensor:
+        t = self._consts.get(id(v))
+        if t is None:
+            t = v.const.torch().to(self.device)
+            self._consts[id(v)] = t
+        return t
+
+    def _run(self, feeds: dict[str, Any], capture: list[str]) -> dict[str, Any]:
+        feeds = {k: to_torch(x).to(self.device) if isinstance(to_torch(x), torch.Tensor) else x
+                 for k, x in feeds.items()}
+        return interpret(self.model.graph, feeds, self._evaluate, self._const, capture)
+
+    def _evaluate(self, node: Node, ins: list) -> list:
+        return evaluate_torch(node, ins, self.model.opset_imports)
+
+
+def evaluate_torch(node: Node, ins: list, opsets: dict[str, int]) -> list:
+    """One node in torch: core reference, ATen op, or ONNX op."""
+    if node.domain == CORE:
+        from refold.ir.ops import evaluate
+
+        return list(evaluate(node.op, ins, node.attrs, len(node.outputs)))
+    if node.dialect == "onnx":
+        from refold.runtime.onnx_torch import ONNX_TORCH
+
+        fn = ONNX_TORCH.get(node.op)
+        if fn is None:
+            raise UnsupportedError(f"{node.label()}: the torch runner has no implementation of "
+                                   f"{node.qualified_op}")
+        attrs = node.attrs
+        if node.op == "Split" and not attrs.get("num_outputs"):
+            attrs = {**attrs, "num_outputs": len(node.outputs)}
+        if node.subgraphs():
+            raise UnsupportedError(f"{node.label()}: control flow ({node.op}) does not run in the "
+                                   f"torch runner; use the reference or ORT runner")
+        opset = opsets.get(node.domain, opsets.get("", opsets.get("ai.onnx", 1)))
+        return list(fn(ins, attrs, opset))
+    from refold.frontends.torch.exporter import _rebuild, _target
+
+    try:
+        target = _target(node)
+    except UnsupportedError:
+        raise
+    out = target(*_rebuild(node.attrs["args"], ins), **_rebuild(node.attrs["kwargs"], ins))
+    if node.meta.get("torch.returns_sequence") or len(node.outputs) > 1:
+        return list(out)
+    return [out]
