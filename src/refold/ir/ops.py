@@ -120,6 +120,9 @@ def _conv_transpose(ins, a):
 def _batch_norm(ins, a):
     """Inference batch norm over axis 1: (x - mean) / sqrt(var + eps) * scale + bias."""
     x, s, b, m, v = ins
+    if m.requires_grad or v.requires_grad:  # F.batch_norm cannot differentiate running statistics
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return [(x - m.view(shape)) / torch.sqrt(v.view(shape) + a["epsilon"]) * s.view(shape) + b.view(shape)]
     return [F.batch_norm(x, m, v, s, b, False, 0.0, a["epsilon"])]
 
 

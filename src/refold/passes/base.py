@@ -48,6 +48,7 @@ class Reason(str):
 # Model properties a pass can require or ensure. The PassManager establishes a required one by
 # running the step that ensures it (and records, verifies and checks that step like any pass).
 RAISED = "core"  # dialect ops with a core equivalent have been raised to core ops
+_PROVIDERS: dict[str, type] = {}
 
 
 class Pass:
@@ -66,6 +67,11 @@ class Pass:
 
     def call(self, model: Model) -> PassResult:
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for prop in cls.__dict__.get("ensures", ()):
+            _PROVIDERS.setdefault(prop, cls)  # the step the manager runs to establish ``prop``
 
     def __call__(self, model: Model) -> PassResult:
         for prop in sorted(self.requires):
@@ -211,9 +217,8 @@ class PassManager:
 
 
 def provider(prop: str) -> Pass:
-    """The step that establishes ``prop``."""
-    if prop == RAISED:
-        from refold.passes.raise_core import RaiseToCore
-
-        return RaiseToCore()
-    raise UsageError(f"no pass establishes the property '{prop}'")
+    """The step that establishes ``prop``: the first Pass class that ``ensures`` it."""
+    try:
+        return _PROVIDERS[prop]()
+    except KeyError:
+        raise UsageError(f"no pass establishes the property '{prop}'") from None

@@ -221,8 +221,9 @@ def _conv_transpose(ins, a, opset):
 def _batch_norm(ins, a, opset):
     if a.get("training_mode", 0):
         raise NotImplementedError("BatchNormalization with training_mode=1")
-    x, s, b, m, v = ins[:5]
-    return [F.batch_norm(x, m, v, s, b, False, 0.0, a.get("epsilon", 1e-5))]
+    from refold.ir.ops import evaluate
+
+    return evaluate("batch_norm", list(ins[:5]), {"epsilon": a.get("epsilon", 1e-5)})
 
 
 @onnx_op("InstanceNormalization")

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from refold.ir.graph import CORE, Graph, Model, Node, Value
+from refold.ir.graph import CORE, Model, Node, Value
 from refold.runtime.base import Runner
 from refold.runtime.interpreter import interpret
 
@@ -79,14 +79,26 @@ class ReferenceRunner(Runner):
         super().__init__(model)
         self._evaluators: dict[int, Any] = {}
         self._whole = None
-        if any(n.subgraphs() for n in model.graph) and model.source == "onnx":
-            from onnx.reference import ReferenceEvaluator
+        self._consts: dict[int, Any] = {}
+        if model.source != "onnx":
+            return
+        from refold.frontends.onnx.exporter import to_onnx
 
-            from refold.frontends.onnx.exporter import to_onnx
+        if any(n.subgraphs() for n in model.graph):
+            from onnx.reference import ReferenceEvaluator
 
             self._proto = to_onnx(model)
             self._whole = ReferenceEvaluator
-        self._consts: dict[int, Any] = {}
+            return
+        # ONNX ops with an exact core equivalent run the core reference (onnx's evaluator has its
+        # own bugs: BatchNormalization before opset 14 uses batch statistics, for one). Raising
+        # 1:1 keeps every value's name, so everything stays capturable. On a private copy.
+        from refold.frontends.onnx.importer import load_onnx
+        from refold.frontends.onnx.raise_core import raise_nodes
+
+        self.model = load_onnx(to_onnx(model))
+        self.model.base_dir = model.base_dir
+        raise_nodes(self.model.graph, self.model.opset_imports, {})
 
     def _const(self, v: Value):
         a = self._consts.get(id(v))
@@ -134,4 +146,3 @@ def _np(x: Any) -> Any:
     return np.asarray(x)
 
 
-__all__ = ["ReferenceRunner", "node_model", "inferred_output_bytes", "evaluate_onnx_node", "Graph"]

@@ -29,7 +29,8 @@ def to_torch(x: Any) -> Any:
         arr = np.asarray(x)
         if arr.dtype == object:
             return arr
-        return torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        return torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     return x
 
 
@@ -47,20 +48,23 @@ class TorchRunner(Runner):
 
     ``trainable``: constants become leaf tensors with ``requires_grad`` (floating ones), reachable
     through ``parameters()`` by value name; True marks all float constants, a list marks those names.
+    ``dtype``: run every floating constant and feed in this dtype (``torch.float64`` for gradcheck).
     """
 
     engine = "torch"
 
-    def __init__(self, model: Model, *, trainable: bool | list[str] = False, device: str = "cpu"):
+    def __init__(self, model: Model, *, trainable: bool | list[str] = False, device: str = "cpu",
+                 dtype: torch.dtype | None = None):
         super().__init__(model)
         self.device = torch.device(device)
+        self.dtype = dtype
         self._consts: dict[int, torch.Tensor] = {}
         self._params: dict[str, torch.Tensor] = {}
         names = None if trainable is True else set(trainable or ())
         for v in model.graph.initializers.values():
             if v.const is None or not (trainable is True or v.name in (names or ())):
                 continue
-            t = v.const.torch().detach().to(self.device)
+            t = self._cast(v.const.torch().detach().to(self.device))
             if t.is_floating_point():
                 t = t.clone().requires_grad_(True)
                 self._params[v.name] = t
@@ -83,16 +87,21 @@ class TorchRunner(Runner):
             raise UnsupportedError(f"the torch runner has no implementation of {lacking}; "
                                    f"use the reference or ORT runner for this graph")
 
+    def _cast(self, t):
+        if self.dtype is not None and isinstance(t, torch.Tensor) and t.is_floating_point():
+            return t.to(self.dtype)
+        return t
+
     def _const(self, v: Value) -> torch.Tensor:
         t = self._consts.get(id(v))
         if t is None:
-            t = v.const.torch().to(self.device)
+            t = self._cast(v.const.torch().to(self.device))
             self._consts[id(v)] = t
         return t
 
     def _run(self, feeds: dict[str, Any], capture: list[str]) -> dict[str, Any]:
-        feeds = {k: to_torch(x).to(self.device) if isinstance(to_torch(x), torch.Tensor) else x
-                 for k, x in feeds.items()}
+        feeds = {k: self._cast(t.to(self.device)) if isinstance(t, torch.Tensor) else t
+                 for k, t in ((k, to_torch(x)) for k, x in feeds.items())}
         return interpret(self.model.graph, feeds, self._evaluate, self._const, capture)
 
     def _evaluate(self, node: Node, ins: list) -> list:
