@@ -207,8 +207,34 @@ def _attrs_ok(node: Node, want: dict) -> bool:
     return True
 
 
+class _NodeMaker:
+    """``b.op.core.conv(x, w, strides=[1, 1])`` / ``b.op.Conv(x, w)``: replacements are written in
+    the pattern syntax (``op.core.conv(x, w)``), and create nodes. ``_outputs=n`` for several
+    outputs, ``_name=`` for a node name. ``b.op("core.conv", x, w)`` still works."""
+
+    def __init__(self, builder: "Builder", domain: str = "onnx"):
+        self._builder, self._domain = builder, domain
+
+    def __getattr__(self, name: str):
+        if self._domain == "onnx" and name in ("core", "aten", "com_microsoft"):
+            return _NodeMaker(self._builder, name.replace("_", "."))
+        domain = "" if self._domain == "onnx" else self._domain
+
+        def make(*inputs, _outputs: int = 1, _name: str | None = None, **attrs):
+            return self._builder.make_node(name, *inputs, domain=domain, num_outputs=_outputs,
+                                           name=_name, **attrs)
+
+        return make
+
+    def __call__(self, op: str, *inputs, **kwargs):
+        return self._builder.make_node(op, *inputs, **kwargs)
+
+
 class Builder:
-    """Creates nodes and constants for a rewrite, inserted before ``anchor``; tracks what it made."""
+    """Creates nodes and constants for a rewrite, inserted before ``anchor``; tracks what it made.
+
+    >>> # rewrite=lambda b, m: b.op.core.mul(m["x"], b.const(np.float32(2)))   # x+x -> x*2
+    """
 
     def __init__(self, graph: Graph, anchor: Node | None):
         self.graph = graph
@@ -216,9 +242,10 @@ class Builder:
         self.created: list[Node] = []
         self.consts: list[Value] = []
         self.reason: str | None = None  # a rewrite that returns None may say why here
+        self.op = _NodeMaker(self)
 
-    def op(self, op: str, *inputs: Value | None, domain: str = "", num_outputs: int = 1,
-           name: str | None = None, **attrs) -> Value | list[Value]:
+    def make_node(self, op: str, *inputs: Value | None, domain: str = "", num_outputs: int = 1,
+                  name: str | None = None, **attrs) -> Value | list[Value]:
         if "." in op:
             domain, op = op.split(".", 1)
             domain = "" if domain == "onnx" else domain

@@ -145,7 +145,7 @@ def _fold_linear(b: Builder, m: Match):
     if cast is None:
         return None
     W, B = cast
-    return b.op("core.linear", m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, B, bias, "bias", w))
+    return b.op.core.linear(m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, B, bias, "bias", w))
 
 
 def _fold_gemm(b: Builder, m: Match):
@@ -161,7 +161,7 @@ def _fold_gemm(b: Builder, m: Match):
         return None
     W, C = cast
     attrs = dict(gemm.attrs, beta=1.0)
-    return b.op("core.gemm", m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, C, c, "bias", w), **attrs)
+    return b.op.core.gemm(m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, C, c, "bias", w), **attrs)
 
 
 def _fold_matmul(b: Builder, m: Match):
@@ -172,8 +172,8 @@ def _fold_matmul(b: Builder, m: Match):
     if cast is None:
         return None
     W, T = cast
-    y = b.op("core.matmul", m["x"], _new_weight(b, W, w, "weight"))
-    return b.op("core.add", y, _new_weight(b, T, None, "bias", w))
+    y = b.op.core.matmul(m["x"], _new_weight(b, W, w, "weight"))
+    return b.op.core.add(y, _new_weight(b, T, None, "bias", w))
 
 
 def _rank2_output(m: Match) -> str | None:
@@ -222,7 +222,7 @@ def _fold_forward_linear(b: Builder, m: Match):
     if cast is None:
         return None
     W, B = cast
-    return b.op("core.linear", m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, B, bias, "bias", w))
+    return b.op.core.linear(m["x"], _new_weight(b, W, w, "weight"), _new_weight(b, B, bias, "bias", w))
 
 
 # -- Tune: fold on the fly, from the trainable parameters -------------------------------------
@@ -231,8 +231,8 @@ def _tune_scale(b: Builder, m: Match) -> tuple[Value, Value]:
     """Graph nodes for s = gamma / sqrt(var + eps) and t = beta - mean * s, every forward."""
     bn = m.node("bn")
     eps = b.const(np.array(bn.attrs.get("epsilon", 1e-5), dtype=m["bn_var"].dtype.numpy()), "bn_eps")
-    s = b.op("core.div", m["bn_scale"], b.op("core.sqrt", b.op("core.add", m["bn_var"], eps)))
-    t = b.op("core.sub", m["bn_bias"], b.op("core.mul", m["bn_mean"], s))
+    s = b.op.core.div(m["bn_scale"], b.op.core.sqrt(b.op.core.add(m["bn_var"], eps)))
+    t = b.op.core.sub(m["bn_bias"], b.op.core.mul(m["bn_mean"], s))
     return s, t
 
 
@@ -248,9 +248,9 @@ def _tune_conv(b: Builder, m: Match):
         shape = _channel_shape(rank, 1)
     else:
         shape = _channel_shape(rank, 0)
-    s_w = b.op("core.reshape", s, b.const(np.array(shape, np.int64), "bn_shape"))
-    new_w = b.op("core.mul", w, s_w)
-    new_b = b.op("core.add", b.op("core.mul", bias, s), t) if bias is not None else t
+    s_w = b.op.core.reshape(s, b.const(np.array(shape, np.int64), "bn_shape"))
+    new_w = b.op.core.mul(w, s_w)
+    new_b = b.op.core.add(b.op.core.mul(bias, s), t) if bias is not None else t
     return b.op(f"core.{conv.op}", m["x"], new_w, new_b, **conv.attrs)
 
 
@@ -258,9 +258,9 @@ def _tune_linear(b: Builder, m: Match):
     # Linear(x, W * s[:, None], b*s + t), s and t computed in the graph
     w, bias = m["w"], m.get("b")
     s, t = _tune_scale(b, m)
-    s_w = b.op("core.reshape", s, b.const(np.array([-1, 1], np.int64), "bn_shape"))
-    new_b = b.op("core.add", b.op("core.mul", bias, s), t) if bias is not None else t
-    return b.op("core.linear", m["x"], b.op("core.mul", w, s_w), new_b)
+    s_w = b.op.core.reshape(s, b.const(np.array([-1, 1], np.int64), "bn_shape"))
+    new_b = b.op.core.add(b.op.core.mul(bias, s), t) if bias is not None else t
+    return b.op.core.linear(m["x"], b.op.core.mul(w, s_w), new_b)
 
 
 def _bn(inner) -> object:
@@ -325,7 +325,7 @@ def _to_affine(model: Model) -> int:
             b = Builder(g, bn)
             dt = (x.dtype or DType.FLOAT).numpy()
             # BN(x) = x * s + t, s = gamma / sqrt(var + eps), t = beta - mean * s
-            y = b.op("core.add", b.op("core.mul", x, b.const(s.reshape(shape).astype(dt), "bn_s")),
+            y = b.op.core.add(b.op.core.mul(x, b.const(s.reshape(shape).astype(dt), "bn_s")),
                      b.const(t.reshape(shape).astype(dt), "bn_t"))
             for n in b.created:
                 n.meta["provenance"] = {"rule": "bn-to-affine", "sources": [bn.name or bn.outputs[0].name]}

@@ -173,7 +173,7 @@ class LayerNormToRMSNorm(Pass):
         if self.target == "ort" and not self.compress:
             rms.meta["lower_to"] = "ort"
         if bias is not None:
-            y = b.op("core.add", y, bias)
+            y = b.op.core.add(y, bias)
         for n in b.created:
             n.meta["provenance"] = {"rule": "layernorm-to-rmsnorm", "sources": [ln.name]}
         if y.dtype is None:

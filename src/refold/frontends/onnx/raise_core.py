@@ -305,7 +305,7 @@ def _ln_axes_why_not(m: Match) -> str | None:
 def _ln_rewrite(b: Builder, m: Match):
     # (x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps)  ==>  layer_norm(x, axis=-k, eps)
     axes = _trailing_axes(m.node("mean1").attrs["axes"], m["x"].rank)
-    return b.op("core.layer_norm", m["x"], axis=axes[0], epsilon=_scalar(m, "eps"))
+    return b.op.core.layer_norm(m["x"], axis=axes[0], epsilon=_scalar(m, "eps"))
 
 
 def _ln_rules() -> list[Rule]:
@@ -323,7 +323,7 @@ def _ln_rules() -> list[Rule]:
 
 def _gelu_rewrite(b: Builder, m: Match):
     # x * 0.5 * (1 + erf(x / sqrt(2)))  ==>  gelu(x)
-    return b.op("core.gelu", m["x"], approximate="none")
+    return b.op.core.gelu(m["x"], approximate="none")
 
 
 def _gelu_why_not(m: Match) -> str | None:
@@ -346,7 +346,7 @@ def _gelu_rules() -> list[Rule]:
 def _silu_rule() -> Rule:
     x = Var("x")
     # x * sigmoid(x)  ==>  silu(x)
-    return Rule("silu", op.core.mul(x, op.core.sigmoid(x)), lambda b, m: b.op("core.silu", m["x"]))
+    return Rule("silu", op.core.mul(x, op.core.sigmoid(x)), lambda b, m: b.op.core.silu(m["x"]))
 
 
 def _hardswish_rule() -> Rule:
@@ -360,7 +360,7 @@ def _hardswish_rule() -> Rule:
 
     # x * hard_sigmoid(x; 1/6, 1/2)  ==>  hardswish(x)
     return Rule("hardswish", op.core.mul(x, op.HardSigmoid(x, _name="hs")),
-                lambda b, m: b.op("core.hardswish", m["x"]), why_not)
+                lambda b, m: b.op.core.hardswish(m["x"]), why_not)
 
 
 def _hardswish_clip_rule() -> Rule:
@@ -375,7 +375,7 @@ def _hardswish_clip_rule() -> Rule:
     # x * clip(x + 3, 0, 6) / 6  ==>  hardswish(x)
     clip = op.Clip(op.core.add(x, Const("three")), Const("lo"), Const("hi"))
     return Rule("hardswish-clip", op.core.div(op.core.mul(x, clip), Const("six")),
-                lambda b, m: b.op("core.hardswish", m["x"]), why_not)
+                lambda b, m: b.op.core.hardswish(m["x"]), why_not)
 
 
 def pattern_rules() -> list[Rule]:

@@ -285,7 +285,7 @@ def _rms_rules() -> list[Rule]:
         rank = m["x"].rank
         first = min(a - rank if a >= 0 and rank is not None else a for a in axes)
         eps = float(m.node("add_eps").attrs["args"][1])
-        return b.op("core.rms_norm", m["x"], axis=first, epsilon=eps)
+        return b.op.core.rms_norm(m["x"], axis=first, epsilon=eps)
 
     return [Rule("rms-norm-decomposed", pattern, rewrite, why_not)]
 
