@@ -127,6 +127,7 @@ def test_bn_after_other_ops_left_exact_or_affine(before):
     rec = fuse(m)
     assert rec.stats["folded"] == 0 and "batch_norm" in ops(m)
     assert "not a conv or linear" in rec.stats["not_folded"]["bn"]
+    assert rec.stats["not_folded"]["bn"].code == "no-partner"
     m = model(nodes, bn_inits("bn", c), (1, 4, 6, 6))
     rec = fuse(m, affine=True)
     assert rec.stats["affine"] == 1 and "batch_norm" not in ops(m)
@@ -141,6 +142,7 @@ def test_training_mode_not_folded():
               [init("w", rng.standard_normal((4, 4, 1, 1)).astype(np.float32))] + bn_inits("bn", 4), (2, 4, 3, 3))
     rec = PassManager([FuseConvBN()], check=False).run(m).record("fuse-conv-bn")
     assert rec.stats["folded"] == 0 and "training_mode=1" in rec.stats["not_folded"]["bn"]
+    assert rec.stats["not_folded"]["bn"].code == "not-raised"  # typed: the frontend left it
 
 
 def test_used_optional_outputs_not_folded():

@@ -79,6 +79,8 @@ def test_post_ln_bert_refused_per_layernorm(compress):
     assert all("Post-LN" in why for why in rec.stats["not_converted"].values())
     # every LayerNorm but the last (read by nothing but the graph output) writes the stream itself
     assert sum("Post-LN placement" in why for why in rec.stats["not_converted"].values()) == 4
+    codes = [why.code for why in rec.stats["not_converted"].values()]  # typed, not text to search
+    assert codes.count("post-ln") == 4 and set(codes) <= {"post-ln", "stream-not-zero-mean"}, codes
     assert count(gm, "layer_norm") == 5
     torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=0, rtol=0)
 

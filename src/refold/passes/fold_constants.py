@@ -11,7 +11,7 @@ import numpy as np
 from refold.ir.graph import CORE, Graph, Model, Node
 from refold.ir.rewrite import remove_dead
 from refold.ir.tensor import Tensor
-from refold.passes.base import Pass, PassResult
+from refold.passes.base import Pass, PassResult, Reason
 from refold.passes.cse import NONDETERMINISTIC
 from refold.runtime.reference import (
     evaluate_onnx_node,
@@ -75,7 +75,7 @@ def fold_graph(g: Graph, opsets: dict[str, int], max_bytes: int, skipped: dict[s
             continue  # a graph output stays computed by a node (folding would need an Identity)
         res = fold_node(node, opsets, max_bytes)
         if isinstance(res, str):
-            skipped[node.name or node.outputs[0].name] = f"{node.op}: {res}"
+            skipped[node.name or node.outputs[0].name] = Reason(f"{node.op}: {res}", "not-evaluated")
             continue
         for old, arr in zip(node.outputs, res):
             if old.kind == "omitted":

@@ -26,7 +26,7 @@ from refold.ir.rewrite import Builder
 from refold.ir.tensor import Tensor
 from refold.passes.analysis.residual_stream import ResidualStream, StreamPlan
 from refold.passes.analysis.stream_width import set_elements
-from refold.passes.base import RAISED, Pass, PassResult
+from refold.passes.base import RAISED, Pass, PassResult, Reason
 from refold.runtime.shapes import infer_shapes
 
 
@@ -72,17 +72,18 @@ class LayerNormToRMSNorm(Pass):
         reasons: dict[str, str] = {}
         for ln in lns:
             if ln.attrs.get("axis", -1) != -1:
-                reasons[ln.name] = f"normalizes over axes from {ln.attrs['axis']}, not only the last"
+                reasons[ln.name] = Reason(f"normalizes over axes from {ln.attrs['axis']}, not only the last",
+                                          "axis-not-last")
                 continue
             skip = analysis.post_ln(ln)
             if skip is not None:
-                reasons[ln.name] = (f"its output is the residual stream itself, read by {skip.label()} "
-                                    f"(Post-LN placement): the model is left as it is")
+                reasons[ln.name] = Reason(f"its output is the residual stream itself, read by {skip.label()} "
+                                          f"(Post-LN placement): the model is left as it is", "post-ln")
                 continue
             plan = StreamPlan()
             why = analysis.center(ln.inputs[0], ln.inputs[0].rank - 1 if ln.inputs[0].rank else -1, plan)
             if why:
-                reasons[ln.name] = why
+                reasons[ln.name] = Reason(why, "stream-not-zero-mean")
             else:
                 plans[ln] = plan
         # Readers are checked against everything that changes; a failing plan is dropped, which can
@@ -98,8 +99,11 @@ class LayerNormToRMSNorm(Pass):
             converted = {id(ln) for ln in plans} if self.compress else None
             for ln, p in list(plans.items()):
                 why = analysis.readers_ok(p, allowed, converted)
-                if why is None and self.compress:
+                if why is not None:
+                    why = Reason(why, "raw-stream-reader")
+                elif self.compress:
                     why = analysis.compress_ok(ln, p, axes)
+                    why = Reason(why, "compress-refused") if why else None
                 if why:
                     reasons[ln.name] = why
                     del plans[ln]
