@@ -77,17 +77,11 @@ def _randomize_bn(model):
     return model
 
 
-class _FirstOutput:
-    pass
-
-
-def export_hf_onnx(name: str, path: str) -> str:
-    """Export a tiny transformers model to ONNX, keeping BatchNorm (legacy exporter, PRESERVE)."""
+def last_hidden(model):
+    """The model as a module returning one tensor: its last hidden state."""
     import torch
 
-    model, inputs = tiny_hf_model(name)
-
-    class Wrapped(torch.nn.Module):
+    class LastHidden(torch.nn.Module):
         def __init__(self, m):
             super().__init__()
             self.m = m
@@ -96,7 +90,15 @@ def export_hf_onnx(name: str, path: str) -> str:
             out = self.m(x)
             return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
-    torch.onnx.export(Wrapped(model), inputs, path, dynamo=False, opset_version=17,
+    return LastHidden(model).eval()
+
+
+def export_hf_onnx(name: str, path: str) -> str:
+    """Export a tiny transformers model to ONNX, keeping BatchNorm (legacy exporter, PRESERVE)."""
+    import torch
+
+    model, inputs = tiny_hf_model(name)
+    torch.onnx.export(last_hidden(model), inputs, path, dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["output"],
                       training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
     return path

@@ -360,30 +360,12 @@ def _split(ins, a, opset, n_out: int = 1):
 
 @onnx_op("Slice")
 def _slice(ins, a, opset):
-    x = ins[0]
-    if opset < 10:
-        starts, ends = a["starts"], a["ends"]
-        axes, steps = a.get("axes"), None
-    else:
-        starts, ends = _ints(ins[1]), _ints(ins[2])
-        axes = _ints(ins[3]) if _opt(ins, 3) is not None else None
-        steps = _ints(ins[4]) if _opt(ins, 4) is not None else None
-    axes = list(axes) if axes is not None else list(range(len(starts)))
-    steps = list(steps) if steps is not None else [1] * len(starts)
-    for s, e, ax, st in zip(starts, ends, axes, steps):
-        ax %= x.dim()
-        n = x.shape[ax]
-        if st > 0:
-            s = max(0, min(n, s + n if s < 0 else s))
-            e = max(0, min(n, e + n if e < 0 else e))
-            x = x.narrow(ax, s, max(0, e - s))[(slice(None),) * ax + (slice(None, None, st),)] if st != 1 \
-                else x.narrow(ax, s, max(0, e - s))
-        else:
-            s = max(-1, min(n - 1, s + n if s < 0 else s))
-            e = max(-1, min(n - 1, e + n if e < 0 else e))
-            idx = torch.arange(s, e, st, device=x.device)
-            x = x.index_select(ax, idx)
-    return [x]
+    from refold.ir.ops import evaluate
+
+    if opset < 10:  # starts / ends / axes were attributes
+        ins = [ins[0]] + [torch.tensor(a[k], dtype=torch.int64) if a.get(k) is not None else None
+                          for k in ("starts", "ends", "axes")]
+    return evaluate("slice", list(ins), {})
 
 
 @onnx_op("Gather")
