@@ -80,3 +80,44 @@ def test_debug_prints_traceback(capsys, tmp_path):
 def test_console_script_installed(tmp_path):
     res = subprocess.run([sys.executable, "-m", "refold.cli", "passes"], capture_output=True, text=True)
     assert res.returncode == 0 and "dce" in res.stdout
+
+
+@pytest.mark.parametrize("spec, says", [
+    ("fuse-conv-bn:affine=maybe", "expected true or false"),
+    ("layernorm-to-rmsnorm:compress=maybe", "expected true or false"),
+    ("layernorm-to-rmsnorm:target=bogus", "choose one of auto, ort"),
+    ("layernorm-to-rmsnorm:target=ort:compress=true", "choose one of auto, ort"),
+    ("layernorm-to-rmsnorm:target=ort,compress=true", "contradict"),
+    ("dce:aggressive=true", "unknown option 'aggressive'"),
+    ("fold-constants:max_bytes=lots", "expected int"),
+    ("fuse-conv-bn:mode=tune,mode=deploy", "given twice"),
+])
+def test_pass_options_are_checked(spec, says, tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert cli.main(["run", "example:tiny_cnn", "-p", spec, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_python_pass_options_are_checked_too():
+    from refold.errors import UsageError
+    from refold.passes import FuseConvBN, LayerNormToRMSNorm
+
+    with pytest.raises(UsageError, match="expected True or False"):
+        LayerNormToRMSNorm(compress="maybe")
+    with pytest.raises(UsageError, match="choose one of deploy, tune"):
+        FuseConvBN("train")
+    assert FuseConvBN("tune").mode == "tune" and repr(FuseConvBN()) == "FuseConvBN(mode='deploy', affine=False)"
+
+
+def test_passes_name_prints_options(capsys):
+    assert cli.main(["passes", "layernorm-to-rmsnorm"]) == 0
+    out = capsys.readouterr().out
+    assert "compress=bool (default False)" in out and "target=auto|ort (default auto)" in out
+    assert cli.main(["passes", "nope"]) == 2
+
+
+def test_unknown_dim_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / "o.onnx"
+    assert cli.main(["run", "example:tiny_cnn", "--dim", "nosuchdim=5", "-o", str(out)]) == 2
+    assert "not a symbolic input dim" in capsys.readouterr().err and not out.exists()

@@ -80,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", required=True, metavar="OUT", help="the HTML file to write")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
-    ps = sub.add_parser("passes", help="list the passes with a one-line description",
-                        description="List the passes refold can run.", epilog=EPILOG)
+    ps = sub.add_parser("passes", help="list the passes; with NAME, its options",
+                        description="List the passes refold can run; with NAME, what it requires "
+                        "and its options (types, allowed values, defaults).", epilog=EPILOG)
+    ps.add_argument("name", nargs="?", metavar="NAME")
     ps.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -107,8 +109,8 @@ def _dims(specs: list[str]) -> dict[str, int]:
     out = {}
     for spec in specs:
         name, sep, val = spec.rpartition("=")
-        if not sep or not name or not val.lstrip("-").isdigit():
-            raise UsageError(f"--dim expects NAME=N, got '{spec}'")
+        if not sep or not name or not val.isdigit() or int(val) < 1:
+            raise UsageError(f"--dim expects NAME=N with N >= 1, got '{spec}'")
         out[name] = int(val)
     return out
 
@@ -128,6 +130,11 @@ def cmd_run(args) -> int:
     passes = [get_pass(p) for p in (args.passes or DEFAULT_PIPELINE)]
     dims = _dims(args.dim)
     model = load(args.model)
+    symbolic = {d for v in model.graph.inputs if v.shape for d in v.shape if isinstance(d, str)}
+    unknown = sorted(set(dims) - symbolic)
+    if unknown:
+        raise UsageError(f"--dim {', '.join(unknown)}: not a symbolic input dim of {args.model}; "
+                         f"its symbolic dims: {', '.join(sorted(symbolic)) or 'none'}")
     pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
                      check_limit_bytes=int(args.check_limit_mb * 2**20))
     report = pm.run(model, OptimizeReport(before=snapshot_of(model) if args.report else None))
@@ -165,7 +172,11 @@ def cmd_report(args) -> int:
 
 
 def cmd_passes(args) -> int:
-    from refold.passes import PASSES
+    from refold.passes import PASSES, describe
+
+    if args.name:
+        print(describe(args.name))
+        return 0
 
     width = max(len(n) for n in PASSES)
     for name, cls in sorted(PASSES.items()):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Callable
 
 from refold.errors import UsageError
-from refold.passes.base import Pass, PassManager, PassRecord, PassResult, Report
+from refold.passes.base import Option, Pass, PassManager, PassRecord, PassResult, Report
 from refold.passes.cse import CommonSubexpressionElimination
 from refold.passes.dce import DeadCodeElimination
 from refold.passes.fold_constants import FoldConstants
@@ -19,22 +19,11 @@ PASSES: dict[str, Callable[[], Pass]] = {
 }
 
 
-def _option(text: str):
-    low = text.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def get_pass(spec: str | Pass) -> Pass:
-    """A pass from a registered name with optional options, or an instance.
+    """A pass from a registered name with options (``NAME:key=value,key=value``), or an instance.
+
+    Options are checked against what the pass declares: an unknown key, a value of the wrong type
+    or outside the allowed ones, or contradictory options are a UsageError.
 
     >>> get_pass("fuse-conv-bn:mode=deploy,affine=true").affine
     True
@@ -44,18 +33,36 @@ def get_pass(spec: str | Pass) -> Pass:
     name, _, opts = spec.partition(":")
     if name not in PASSES:
         raise UsageError(f"unknown pass '{name}'; `refold passes` lists them: {', '.join(sorted(PASSES))}")
+    cls = PASSES[name]
+    declared = {o.name: o for o in cls.options}
     kwargs = {}
-    for item in filter(None, opts.split(",")):
+    for item in opts.split(",") if opts else []:
         key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
         if not eq or not key:
-            raise UsageError(f"pass option '{item}' in '{spec}' is not KEY=VALUE")
-        kwargs[key.strip().replace("-", "_")] = _option(value.strip())
-    try:
-        return PASSES[name](**kwargs)
-    except TypeError as e:
-        raise UsageError(f"pass '{name}' does not take options {sorted(kwargs)} ({e})") from None
+            raise UsageError(f"pass option '{item}' in '{spec}' is not KEY=VALUE (separate options with ',')")
+        if key not in declared:
+            raise UsageError(f"{name}: unknown option '{key}'; options: {', '.join(declared) or 'none'} "
+                             f"(`refold passes {name}`)")
+        if key in kwargs:
+            raise UsageError(f"{name}: option '{key}' given twice")
+        kwargs[key] = declared[key].parse(value, f"{name}: ")
+    return cls(**kwargs)
 
 
-__all__ = ["Pass", "PassManager", "PassRecord", "PassResult", "Report", "PASSES", "get_pass",
+def describe(name: str) -> str:
+    """What ``refold passes NAME`` prints: the description and every option."""
+    if name not in PASSES:
+        raise UsageError(f"unknown pass '{name}'; `refold passes` lists them: {', '.join(sorted(PASSES))}")
+    cls = PASSES[name]
+    lines = [f"{name}: {cls.description}"]
+    if cls.requires:
+        lines.append(f"requires: {', '.join(sorted(cls.requires))} (run first by the pass manager)")
+    lines.append("options:" if cls.options else "options: none")
+    lines += [f"  {o.describe()}" for o in cls.options]
+    return "\n".join(lines)
+
+
+__all__ = ["Pass", "PassManager", "PassRecord", "PassResult", "Report", "PASSES", "get_pass", "describe", "Option",
            "CommonSubexpressionElimination", "DeadCodeElimination", "FoldConstants", "FuseConvBN", "InferShapes", "LayerNormToRMSNorm",
            "RaiseToCore"]

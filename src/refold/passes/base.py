@@ -51,6 +51,54 @@ RAISED = "core"  # dialect ops with a core equivalent have been raised to core o
 _PROVIDERS: dict[str, type] = {}
 
 
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option a pass takes: ``-p NAME:key=value`` on the command line, ``key=`` in Python.
+
+    >>> Option("affine", bool, False, "turn BNs that cannot fold into x*s+t").parse("yes")
+    True
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple = ()
+
+    def parse(self, text: str, where: str = "") -> Any:
+        """The value a command-line string spells, or a UsageError naming what is allowed."""
+        low = text.strip().lower()
+        if self.type is bool:
+            if low in _TRUE or low in _FALSE:
+                return low in _TRUE
+            raise UsageError(f"{where}option {self.name}={text!r}: expected true or false")
+        try:
+            value = self.type(text.strip())
+        except ValueError:
+            raise UsageError(f"{where}option {self.name}={text!r}: expected {self.type.__name__}") from None
+        return self.check(value, where)
+
+    def check(self, value: Any, where: str = "") -> Any:
+        """A Python value, validated (bools must be bools: ``"maybe"`` is not true)."""
+        if self.type is bool and not isinstance(value, bool):
+            raise UsageError(f"{where}option {self.name}={value!r}: expected True or False")
+        if self.type in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise UsageError(f"{where}option {self.name}={value!r}: expected {self.type.__name__}")
+        if self.type is str and not isinstance(value, str):
+            raise UsageError(f"{where}option {self.name}={value!r}: expected a string")
+        if self.choices and value not in self.choices:
+            raise UsageError(f"{where}option {self.name}={value!r}: choose one of "
+                             f"{', '.join(map(str, self.choices))}")
+        return self.type(value) if self.type in (int, float) else value
+
+    def describe(self) -> str:
+        kind = "|".join(map(str, self.choices)) if self.choices else self.type.__name__
+        return f"{self.name}={kind} (default {self.default}): {self.help}"
+
+
 class Pass:
     """A whole-model transformation. Subclasses set ``name`` and ``description`` and implement
     ``call``. Passes are idempotent: a second run reports ``modified=False``.
@@ -64,6 +112,29 @@ class Pass:
     description = ""
     requires: frozenset[str] = frozenset()
     ensures: frozenset[str] = frozenset()
+    options: tuple[Option, ...] = ()
+
+    def __init__(self, *args, **kwargs):
+        """Options by keyword, or positionally in declaration order; each is validated."""
+        where = f"{self.name}: "
+        if len(args) > len(self.options):
+            raise UsageError(f"{where}takes at most {len(self.options)} options, got {len(args)}")
+        given = dict(zip((o.name for o in self.options), args))
+        for k, v in kwargs.items():
+            if k in given:
+                raise UsageError(f"{where}option {k} given twice")
+            given[k] = v
+        known = {o.name: o for o in self.options}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            allowed = ", ".join(known) or "none"
+            raise UsageError(f"{where}unknown option(s) {', '.join(unknown)}; options: {allowed}")
+        for o in self.options:
+            setattr(self, o.name, o.check(given[o.name], where) if o.name in given else o.default)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse contradictory options (a UsageError saying which)."""
 
     def call(self, model: Model) -> PassResult:
         raise NotImplementedError
@@ -79,7 +150,8 @@ class Pass:
         return self.call(model)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        opts = ", ".join(f"{o.name}={getattr(self, o.name, o.default)!r}" for o in self.options)
+        return f"{type(self).__name__}({opts})"
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ import numpy as np
 from refold.ir.graph import CORE, Graph, Model, Node
 from refold.ir.rewrite import remove_dead
 from refold.ir.tensor import Tensor
-from refold.passes.base import Pass, PassResult, Reason
+from refold.passes.base import Option, Pass, PassResult, Reason
 from refold.passes.cse import NONDETERMINISTIC
 from refold.runtime.reference import (
     evaluate_onnx_node,
@@ -97,8 +97,7 @@ class FoldConstants(Pass):
     name = "fold-constants"
     description = "evaluate nodes whose inputs are all constant (output size capped, 1 MiB default)"
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
-        self.max_bytes = max_bytes
+    options = (Option("max_bytes", int, DEFAULT_MAX_BYTES, "largest folded output, in bytes"),)
 
     def call(self, model: Model) -> PassResult:
         skipped: dict[str, str] = {}

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from refold.errors import UnsupportedError, UsageError
+from refold.errors import UnsupportedError
 from refold.ir.dtypes import DType
 from refold.ir.graph import CORE, Model, Node, Value
 from refold.ir.rewrite import Builder, Const, Match, Rule, Var, apply_rules, op
 from refold.ir.tensor import Tensor
-from refold.passes.base import RAISED, Pass, PassResult, Reason
+from refold.passes.base import RAISED, Option, Pass, PassResult, Reason
 
 _LOW_PRECISION = (DType.FLOAT16, DType.BFLOAT16)
 
@@ -346,11 +346,11 @@ class FuseConvBN(Pass):
     description = "fold BatchNorm into adjacent conv/linear weights (deploy), or on the fly each forward (tune)"
     requires = frozenset({RAISED})
 
-    def __init__(self, mode: str = "deploy", affine: bool = False):
-        if mode not in ("deploy", "tune"):
-            raise UsageError(f"fuse-conv-bn: mode must be 'deploy' or 'tune', not {mode!r}")
-        self.mode = mode
-        self.affine = affine
+    options = (
+        Option("mode", str, "deploy", "deploy folds BN into the weights; tune refolds them from "
+               "trainable W, gamma, beta on every forward (torch only)", choices=("deploy", "tune")),
+        Option("affine", bool, False, "turn BatchNorms that cannot fold into x*s+t"),
+    )
 
     def call(self, model: Model) -> PassResult:
         if self.mode == "tune" and model.source == "onnx":

@@ -26,7 +26,8 @@ from refold.ir.rewrite import Builder
 from refold.ir.tensor import Tensor
 from refold.passes.analysis.residual_stream import ResidualStream, StreamPlan
 from refold.passes.analysis.stream_width import set_elements
-from refold.passes.base import RAISED, Pass, PassResult, Reason
+from refold.errors import UsageError
+from refold.passes.base import RAISED, Option, Pass, PassResult, Reason
 from refold.runtime.shapes import infer_shapes
 
 
@@ -58,9 +59,16 @@ class LayerNormToRMSNorm(Pass):
     description = "recentre residual-stream writers so Pre-LN LayerNorms become RMSNorms, exactly"
     requires = frozenset({RAISED})
 
-    def __init__(self, compress: bool = False, target: str = "auto"):
-        self.compress = bool(compress)
-        self.target = target
+    options = (
+        Option("compress", bool, False, "CRMSNorm: store the zero-mean stream in d-1 coordinates"),
+        Option("target", str, "auto", "ort emits ONNX Runtime's SimplifiedLayerNormalization; auto "
+               "emits RMSNormalization at opset 23, its decomposed form below", choices=("auto", "ort")),
+    )
+
+    def validate(self) -> None:
+        if self.compress and self.target == "ort":
+            raise UsageError("layernorm-to-rmsnorm: compress=true and target=ort contradict each other: "
+                             "ONNX Runtime has no CRMSNorm op; choose one")
 
     def call(self, model: Model) -> PassResult:
         graph = model.graph
