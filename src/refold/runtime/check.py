@@ -2,7 +2,9 @@
 probe inputs, must agree within a tolerance; when they do not, the first diverging node is named.
 
 ONNX-born models run in ONNX Runtime (the reference runner where ORT lacks an op); torch-born ones
-run as the GraphModule the user gets back, on the example inputs.
+run as the GraphModule the user gets back, on the example inputs. A model whose weights pass
+``refold.runtime.ort.BY_PATH_BYTES`` is snapshotted as a file with external data (byte ranges
+copied, weights never in Python memory) and ONNX Runtime opens it by path.
 
 >>> checker = make_checker(model, CheckSettings(atol=1e-5))          # doctest: +SKIP
 >>> checker.compare(model_after_pass, "fuse-conv-bn")  # -> (max abs, max rel) or PassFailedError
@@ -63,17 +65,19 @@ def make_checker(model: Model, settings: CheckSettings) -> Checker:
 
 
 def onnx_runner(proto):
-    """ONNX Runtime, or the reference runner for a model ORT cannot load."""
+    """ONNX Runtime, or the reference runner for a model ORT cannot load (``proto``: a ModelProto
+    or a FrozenFile, which goes by path)."""
     from refold.runtime.ort import OrtRunner
     from refold.runtime.reference import ReferenceRunner
 
+    src = proto.path if isinstance(proto, FrozenFile) else proto
     try:
-        return OrtRunner(proto)
+        return OrtRunner(src)
     except UnsupportedError as ort_error:
         try:
             from refold.frontends.onnx.importer import load_onnx
 
-            runner = ReferenceRunner(load_onnx(proto))
+            runner = ReferenceRunner(load_onnx(src))
         except Exception as e:
             raise UnsupportedError(f"cannot run model for the numeric check: {ort_error}; reference "
                                    f"runner: {str(e).splitlines()[0][:200]}") from None
@@ -115,10 +119,44 @@ class OnnxChecker(Checker):
 
 
 def _frozen(model: Model):
-    """The model as it is now, as a ModelProto (passes rewrite the live one in place)."""
+    """The model as it is now (passes rewrite the live one in place): a ModelProto, or past ONNX
+    Runtime's by-path size a FrozenFile, so that no copy of the weights is held in memory."""
+    from refold.runtime import ort
+
+    if model.weight_bytes() > ort.BY_PATH_BYTES:
+        return FrozenFile(model)
     from refold.frontends.onnx.exporter import to_onnx
 
     return to_onnx(model)
+
+
+class FrozenFile:
+    """A snapshot of a model written with external data to a private temporary folder (tensors
+    that are external already are copied by byte range). ``graph`` is its structure (tensors as
+    external references); the folder goes with the snapshot, or on ``close()``."""
+
+    def __init__(self, model: Model):
+        import os
+        import shutil
+        import tempfile
+        import weakref
+
+        import onnx
+
+        from refold.frontends.onnx.save import save_onnx
+
+        self.folder = tempfile.mkdtemp(prefix="refold-check-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.path = os.path.join(self.folder, "model.onnx")
+        save_onnx(model, self.path, external_data=True, check=False, durable=False)
+        self.proto = onnx.load(self.path, load_external_data=False)
+
+    @property
+    def graph(self):
+        return self.proto.graph
+
+    def close(self) -> None:
+        self._cleanup()
 
 
 def _run(runner, feeds) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
 """The ONNX Runtime runner: the model exported in memory (by path, with external data, when its
-weights pass 2 GiB, protobuf's limit); captured values become extra graph outputs.
+weights pass ``BY_PATH_BYTES``, below protobuf's 2 GiB limit); captured values become extra graph
+outputs. By path, the weights are written once (byte ranges copied, never read into Python) and
+every session opens that file, or its structure with extra outputs, reading the same data file.
 
 ORT optimizations are off (the graph runs as written) and threads do not spin between runs, so
 two runners timed in turn on a small machine do not steal each other's cores.
@@ -19,6 +21,8 @@ from refold.ir.graph import Model
 from refold.runtime.base import Runner
 
 BY_PATH_BYTES = 1800 << 20  # above this the serialized model would pass protobuf's 2 GiB limit
+# ORT session option: where a model given as bytes finds its external data files
+EXTERNAL_FOLDER_KEY = "session.model_external_initializers_file_folder_path"
 
 
 def with_outputs(proto: onnx.ModelProto, names: list[str], types: dict[str, onnx.TypeProto] | None = None
@@ -52,22 +56,26 @@ def session_options():
 
 
 class OrtRunner(Runner):
-    """Runs a Model (or a ModelProto) in ONNX Runtime on the CPU. Outputs are numpy arrays.
+    """Runs a Model, a ModelProto or an ONNX file (a path: by path, its external data beside it)
+    in ONNX Runtime on the CPU. Outputs are numpy arrays.
 
-    Sessions are built per set of captured names and reused. ``peak_note`` says whether the model
-    went by path (large weights stay on disk until ORT maps them).
+    Sessions are built per set of captured names and reused. ``by_path`` says whether the model
+    goes by path: a path, or a Model whose weights pass ``BY_PATH_BYTES``, which is written once,
+    with external data, to a private temporary folder that ``close()`` removes.
     """
 
     engine = "onnxruntime"
 
-    def __init__(self, model: Model | onnx.ModelProto, *, providers: list[str] | None = None):
-        if isinstance(model, onnx.ModelProto):  # run as it is: no import into IR needed
-            self._proto, self.model = model, None
-            g = model.graph
-            inits = {t.name for t in g.initializer}
-            self.input_names = [i.name for i in g.input if i.name not in inits]
-            self.output_names = [o.name for o in g.output]
-            self._known = set(self.input_names) | {o for n in g.node for o in n.output if o}
+    def __init__(self, model: Model | onnx.ModelProto | str | os.PathLike, *,
+                 providers: list[str] | None = None):
+        self._path: str | None = None
+        self._folder: str | None = None
+        if isinstance(model, (str, os.PathLike)):  # a file: ORT reads it and its data by path
+            self._path = os.path.abspath(os.fspath(model))
+            self._proto_names(onnx.load(self._path, load_external_data=False))
+            self.by_path = True
+        elif isinstance(model, onnx.ModelProto):  # run as it is: no import into IR needed
+            self._proto_names(model)
             self.by_path = False
         else:
             super().__init__(model)
@@ -75,15 +83,26 @@ class OrtRunner(Runner):
             self.by_path = model.weight_bytes() > BY_PATH_BYTES
         self.providers = providers or ["CPUExecutionProvider"]
         self._sessions: dict[tuple[str, ...], Any] = {}
-        self._folder: str | None = None
         self._session(())  # fail now, with ORT's reason, rather than at the first batch
+
+    def _proto_names(self, proto: onnx.ModelProto) -> None:
+        self._proto, self.model = proto, None
+        g = proto.graph
+        inits = {t.name for t in g.initializer}
+        self.input_names = [i.name for i in g.input if i.name not in inits]
+        self.output_names = [o.name for o in g.output]
+        self._known = set(self.input_names) | {o for n in g.node for o in n.output if o}
 
     @property
     def proto(self) -> onnx.ModelProto:
+        """The model as ORT gets it; by path, its structure (tensors as external references)."""
         if self._proto is None:
-            from refold.frontends.onnx.exporter import to_onnx
+            if self.by_path:
+                self._write()
+            else:
+                from refold.frontends.onnx.exporter import to_onnx
 
-            self._proto = to_onnx(self.model)
+                self._proto = to_onnx(self.model)
         return self._proto
 
     def _types(self, names) -> dict[str, onnx.TypeProto]:
@@ -102,8 +121,13 @@ class OrtRunner(Runner):
         import onnxruntime as ort
 
         try:
-            if self.by_path:
-                sess = ort.InferenceSession(self._write(capture), session_options(), providers=self.providers)
+            if self.by_path and not capture:
+                sess = ort.InferenceSession(self._write(), session_options(), providers=self.providers)
+            elif self.by_path:  # the structure with extra outputs, as bytes; the data stays in its file
+                proto = with_outputs(self.proto, list(capture), self._types(capture))
+                so = session_options()
+                so.add_session_config_entry(EXTERNAL_FOLDER_KEY, os.path.dirname(self._write()))
+                sess = ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)
             else:
                 proto = with_outputs(self.proto, list(capture), self._types(capture)) if capture else self.proto
                 sess = ort.InferenceSession(proto.SerializeToString(), session_options(),
@@ -114,22 +138,22 @@ class OrtRunner(Runner):
         self._sessions[capture] = sess
         return sess
 
-    def _write(self, capture: tuple[str, ...]) -> str:
-        """The model as a file with external data, in a private temporary folder."""
-        from refold.frontends.onnx.save import save_onnx
+    def _write(self) -> str:
+        """The model's file: the path given, or the Model written once with external data (byte
+        ranges copied, no fsync: it is scratch) to a private temporary folder."""
+        if self._path is None:
+            from refold.frontends.onnx.save import save_onnx
 
-        if self._folder is None:
-            self._folder = tempfile.mkdtemp(prefix="refold-ort-")
-        path = os.path.join(self._folder, f"model{len(self._sessions)}.onnx")
-        outputs = list(self.model.graph.outputs)
-        if capture:
-            values = {o.name: o for n in self.model.graph for o in n.outputs}
-            self.model.graph.outputs.extend(values[c] for c in capture if values[c] not in outputs)
-        try:
-            save_onnx(self.model, path, external_data=True, check=False)
-        finally:
-            self.model.graph.outputs[:] = outputs
-        return path
+            folder = tempfile.mkdtemp(prefix="refold-ort-")
+            path = os.path.join(folder, "model.onnx")
+            try:
+                save_onnx(self.model, path, external_data=True, check=False, durable=False)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+            self._folder, self._path = folder, path
+            self._proto = onnx.load(path, load_external_data=False)
+        return self._path
 
     def _run(self, feeds: dict[str, Any], capture: list[str]) -> dict[str, Any]:
         sess = self._session(tuple(capture))
@@ -142,6 +166,7 @@ class OrtRunner(Runner):
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+            self._path = self._proto = None  # written again if the runner is used after close()
 
     def __del__(self):
         try:

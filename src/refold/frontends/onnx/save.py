@@ -28,10 +28,11 @@ _ALIGN = 4096
 class _ExternalWriter:
     """Tensor sink that appends tensors to one data file, copying external ranges in the kernel."""
 
-    def __init__(self, data_path: str, location: str):
+    def __init__(self, data_path: str, location: str, durable: bool = True):
         self.location = location
         self.f = open(data_path, "xb")  # fresh, never an existing file
         self.offset = 0
+        self.durable = durable
 
     def __call__(self, name: str, tensor: Tensor) -> onnx.TensorProto:
         if tensor.nbytes < _MIN_EXTERNAL_TENSOR:
@@ -62,7 +63,8 @@ class _ExternalWriter:
 
     def close(self) -> None:
         self.f.flush()
-        os.fsync(self.f.fileno())
+        if self.durable:
+            os.fsync(self.f.fileno())
         self.f.close()
 
 
@@ -91,12 +93,14 @@ def weight_bytes(model: Model) -> int:
 
 
 def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | None = None,
-              check: bool = True) -> None:
+              check: bool = True, durable: bool = True) -> None:
     """Write ``model`` to ``path`` atomically (model and data file, or neither).
 
     ``external_data``: None keeps external data when the model had it or must have it (over
     ~1.8 GB of weights); True / False force it. ``check`` runs
     ``onnx.checker.check_model(path, full_check=True)`` on the staged file before it goes live.
+    ``durable=False`` skips the fsyncs (scratch copies, e.g. ONNX Runtime's by-path file, which
+    would otherwise wait for gigabytes to reach the disk).
     """
     path = os.path.abspath(os.fspath(path))
     folder, base = os.path.split(path)
@@ -117,7 +121,7 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
         writer = None
         try:
             if external_data:
-                writer = _ExternalWriter(os.path.join(stage, data_name), data_name)
+                writer = _ExternalWriter(os.path.join(stage, data_name), data_name, durable)
                 proto = to_onnx(model, writer)
                 writer.close()
             else:
@@ -127,7 +131,8 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
             with open(staged, "xb") as f:
                 f.write(proto.SerializeToString())
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    os.fsync(f.fileno())
         except OSError as e:
             raise OutputError(f"{path}: cannot write ({e.strerror or e})") from None
         finally:
@@ -145,7 +150,8 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
         if external_data:
             os.replace(os.path.join(stage, data_name), os.path.join(folder, data_name))
         os.replace(staged, path)
-        _fsync_dir(folder)
+        if durable:
+            _fsync_dir(folder)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
