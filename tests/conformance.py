@@ -4,11 +4,16 @@
 
 Each case's model goes ONNX -> refold IR -> ONNX; the result must be byte-identical, and its
 expected outputs must still be reproduced by ONNX Runtime, or by onnx's reference evaluator where
-ONNX Runtime cannot run the case.
+ONNX Runtime cannot run the case. Then every model that passes
+``onnx.checker.check_model(path, full_check=True)`` must pass it again after ``refold.load`` and
+``refold.save`` (which checks on its own), counted and printed separately.
 """
 from __future__ import annotations
 
 import collections
+import functools
+import os
+import tempfile
 import warnings
 
 import numpy as np
@@ -79,15 +84,28 @@ def reproduces(model, case) -> tuple[str | None, str]:
     return None, "; ".join(why)
 
 
-def run_suite(limit: int | None = None):
+@functools.lru_cache(maxsize=1)
+def node_cases() -> tuple:
+    """onnx's node test cases, built once per process (the models are generated, ~6 s)."""
     from onnx.backend.test.case.node import collect_testcases
 
+    return tuple(collect_testcases())
+
+
+def node_case(name: str):
+    for case in node_cases():
+        if case.name == name:
+            return case
+    raise KeyError(f"no onnx node test case named '{name}'")
+
+
+def run_suite(limit: int | None = None):
     from refold.frontends.onnx.exporter import to_onnx
     from refold.frontends.onnx.importer import import_model
 
     tally = collections.Counter()
     failures = []
-    cases = collect_testcases()[:limit]
+    cases = node_cases()[:limit]
     for case in cases:
         out = to_onnx(import_model(case.model, base_dir=None, where=case.name))
         identical = out.SerializeToString() == case.model.SerializeToString()
@@ -103,6 +121,50 @@ def run_suite(limit: int | None = None):
     return len(cases), tally, failures
 
 
+def full_check_error(path: str) -> str | None:
+    """First line of what ``check_model(path, full_check=True)`` says against the file, or None."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
+def full_check_suite(limit: int | None = None):
+    """(cases, how many pass the full check before, how many of those pass it after refold's
+    load + save, [(case, why) for those that do not], [(case, why) for cases that fail before]).
+
+    Save runs the full check on its staged file; the written file is checked again here, since
+    that is what a user of the saved model sees."""
+    import refold
+
+    cases = node_cases()[:limit]
+    passed_before, passed_after, failures, invalid = 0, 0, [], []
+    with tempfile.TemporaryDirectory() as d:
+        src, out = os.path.join(d, "model.onnx"), os.path.join(d, "out.onnx")
+        for case in cases:
+            with open(src, "wb") as f:
+                f.write(case.model.SerializeToString())
+            why = full_check_error(src)
+            if why is not None:
+                invalid.append((case.name, why))
+                continue
+            passed_before += 1
+            try:
+                refold.save(refold.load(src), out)
+            except Exception as e:  # load refused the file, or save's own check the result
+                failures.append((case.name, str(e).splitlines()[0]))
+                continue
+            why = full_check_error(out)
+            if why is None:
+                passed_after += 1
+            else:
+                failures.append((case.name, why))
+    return len(cases), passed_before, passed_after, failures, invalid
+
+
 if __name__ == "__main__":
     total, tally, failures = run_suite()
     print(f"{total} cases")
@@ -110,3 +172,10 @@ if __name__ == "__main__":
         print(f"  {v:5d}  {k}")
     for name, identical, why in failures:
         print(f"- {name} (byte-identical={identical}): {why}")
+    total, before, after, failures, invalid = full_check_suite()
+    print(f"onnx.checker full check: {before} of {total} models pass before, {after} of those "
+          f"after refold load + save")
+    for name, why in failures:
+        print(f"- {name} fails after the round trip: {why[:300]}")
+    for name, why in invalid:
+        print(f"- {name} fails before (not counted): {why[:300]}")

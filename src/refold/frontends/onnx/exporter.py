@@ -172,15 +172,19 @@ class _Exporter:
             for v in node.outputs:
                 if v.kind != "omitted" and id(v) not in out_ids and (v.dtype is not None or v.shape is not None):
                     typed[v.name] = v
-        for name in g.meta.get("onnx.value_info_order", []):
-            v = typed.get(name)
+        held = _values_typed_elsewhere(g)
+        for entry in g.meta.get("onnx.value_info_order", []):
+            if not isinstance(entry, str):
+                if _verbatim_still_fits(entry, held, typed):
+                    gp.value_info.append(entry[0])
+                continue
+            v = typed.get(entry)
             if v is not None:
                 gp.value_info.append(value_info(v))
-                seen.add(name)
+                seen.add(entry)
         for name, v in typed.items():
             if name not in seen:
                 gp.value_info.append(value_info(v))
-        gp.value_info.extend(g.meta.get("onnx.value_info_orphans", []))
         restore_defaults(gp, g.meta.get("onnx.defaults", ()))
         return gp
 
@@ -239,6 +243,31 @@ def _stamp_provenance(proto: onnx.NodeProto, node: Node) -> None:
     for k, v in (("refold.rule", prov["rule"]), ("refold.sources", ",".join(prov["sources"]))):
         p = proto.metadata_props.add()
         p.key, p.value = k, v
+
+
+def _values_typed_elsewhere(g: Graph) -> dict[str, Value]:
+    """Inputs, constants and outputs of ``g`` by name: values whose type ONNX holds outside
+    value_info (in the input, the tensor, the output)."""
+    held = {v.name: v for v in g.inputs}
+    held.update(g.initializers)
+    held.update((v.name, v) for v in g.meta.get("onnx.sparse_initializers", []))
+    held.update((v.name, v) for v in g.outputs)
+    return held
+
+
+def _verbatim_still_fits(entry: tuple, held: dict[str, Value], typed: dict[str, Value]) -> bool:
+    """Whether a value_info entry kept verbatim on import may be written back as it was.
+
+    An entry for a name the graph did not define (an outer-scope value) always is. Otherwise its
+    value must still be an input, constant or output of the graph, with the type it had on import:
+    once a rewrite retypes or removes the value, the stale entry could contradict the new type
+    (shape inference in onnx.checker then fails), and it is dropped; the value's own type stays.
+    """
+    vi, was = entry
+    if was is None:
+        return True
+    v = held.get(vi.name)
+    return v is not None and vi.name not in typed and (v.dtype, v.shape) == was
 
 
 def _reads(node: Node):

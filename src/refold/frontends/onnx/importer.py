@@ -9,7 +9,7 @@ import onnx
 from onnx import AttributeProto as AP
 
 from refold.errors import InvalidModelError
-from refold.frontends.onnx.file import read_model_proto, resolve_external
+from refold.frontends.onnx.file import read_model_proto, resolve_external, utf8_checked
 from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Model, Node, Value
 from refold.ir.tensor import Tensor, check_inline_payload
@@ -27,11 +27,13 @@ def load_onnx(src: str | os.PathLike | onnx.ModelProto) -> Model:
     if isinstance(src, onnx.ModelProto):
         from refold.frontends.onnx.file import check_header
 
-        check_header(src, "<ModelProto>")
-        return import_model(src, base_dir=None, where="<ModelProto>")
+        with utf8_checked(src, "<ModelProto>"):
+            check_header(src, "<ModelProto>")
+            return import_model(src, base_dir=None, where="<ModelProto>")
     path = os.fspath(src)
     proto = read_model_proto(path)
-    model = import_model(proto, base_dir=os.path.dirname(os.path.abspath(path)), where=path)
+    with utf8_checked(proto, path):
+        model = import_model(proto, base_dir=os.path.dirname(os.path.abspath(path)), where=path)
     model.meta["path"] = os.path.abspath(path)
     return model
 
@@ -277,16 +279,21 @@ class _Importer:
             g.outputs.append(v)
             if vo.doc_string:
                 v.meta["output_doc_string"] = vo.doc_string
-        order, orphans = [], []
+        # Entries in file order: a name whose value takes its type from the entry, or
+        # (entry, (dtype, shape) of its value, or None for a name not in this graph) kept verbatim.
+        # Inputs, outputs and constants take their type from the input, output or tensor: a
+        # value_info entry for one (often shapeless) must not overwrite it, or a graph output
+        # would be written without its shape, which onnx.checker refuses.
+        order: list = []
+        output_ids = {id(v) for v in g.outputs}
         for vi in gp.value_info:
             v = scope.get(vi.name)
-            if v is None or v.kind == "input":
-                orphans.append(vi)
+            if v is None or v.kind != "intermediate" or id(v) in output_ids:
+                order.append((vi, None if v is None else (v.dtype, v.shape)))
                 continue
             apply_value_info(v, vi)
             order.append(vi.name)
         g.meta["onnx.value_info_order"] = order
-        g.meta["onnx.value_info_orphans"] = orphans
         rest = _leftover(gp, ("node", "name", "initializer", "sparse_initializer", "doc_string",
                                "input", "output", "value_info"))
         if rest:
