@@ -20,13 +20,26 @@ from refold.runtime.reference import (
 )
 
 DEFAULT_MAX_BYTES = 1 << 20
+DEFAULT_MAX_GROWTH = 2.0
+SMALL_BYTES = 4096  # outputs this small always fold: shape vectors, scalars, small tables
 
 
 def _input_bytes(node: Node) -> int:
     return sum(v.const.nbytes for v in node.inputs if v is not None)
 
 
-def fold_node(node: Node, opsets: dict[str, int], max_bytes: int) -> list[np.ndarray] | str:
+def _grows(out_bytes: int, node: Node, max_growth: float) -> str | None:
+    """Why folding would grow the file (ConstantOfShape / Expand / Tile / Range turning a few bytes
+    into a dense tensor), or None."""
+    in_bytes = _input_bytes(node)
+    if max_growth <= 0 or out_bytes <= SMALL_BYTES or out_bytes <= max_growth * in_bytes:
+        return None
+    return (f"would store {out_bytes} bytes in place of {in_bytes} (over {max_growth:g}x; "
+            f"max_growth=0 folds anyway)")
+
+
+def fold_node(node: Node, opsets: dict[str, int], max_bytes: int,
+              max_growth: float = DEFAULT_MAX_GROWTH) -> list[np.ndarray] | str:
     """The outputs of a node with constant inputs, or the reason it is not folded."""
     if _input_bytes(node) > 4 * max_bytes:
         return "inputs over the size cap"
@@ -39,15 +52,19 @@ def fold_node(node: Node, opsets: dict[str, int], max_bytes: int) -> list[np.nda
         with torch.no_grad():
             outs = evaluate(node.op, ins, node.attrs, len(node.outputs))
         arrays = [o.numpy() for o in outs]
-        if sum(a.nbytes for a in arrays) > max_bytes:
+        size = sum(a.nbytes for a in arrays)
+        if size > max_bytes:
             return f"output over the {max_bytes}-byte cap"
-        return arrays
+        return _grows(size, node, max_growth) or arrays
     mini = node_model(node, opsets)
     size = inferred_output_bytes(mini)
     if size is None:
         return "output size cannot be inferred"
     if size > max_bytes:
         return f"output would be {size} bytes, over the {max_bytes}-byte cap"
+    grows = _grows(size, node, max_growth)
+    if grows:
+        return grows
     try:
         return evaluate_onnx_node(mini)
     except Exception as e:
@@ -64,16 +81,17 @@ def _foldable(node: Node) -> bool:
             and any(v is not None for v in node.inputs))
 
 
-def fold_graph(g: Graph, opsets: dict[str, int], max_bytes: int, skipped: dict[str, str]) -> int:
+def fold_graph(g: Graph, opsets: dict[str, int], max_bytes: int, skipped: dict[str, str],
+               max_growth: float = DEFAULT_MAX_GROWTH) -> int:
     folded = 0
     for node in g:
         for sub in node.subgraphs():
-            folded += fold_graph(sub, opsets, max_bytes, skipped)
+            folded += fold_graph(sub, opsets, max_bytes, skipped, max_growth)
         if not _foldable(node):
             continue
         if any(g.is_output(v) for v in node.outputs):
             continue  # a graph output stays computed by a node (folding would need an Identity)
-        res = fold_node(node, opsets, max_bytes)
+        res = fold_node(node, opsets, max_bytes, max_growth)
         if isinstance(res, str):
             skipped[node.name or node.outputs[0].name] = Reason(f"{node.op}: {res}", "not-evaluated")
             continue
@@ -97,9 +115,14 @@ class FoldConstants(Pass):
     name = "fold-constants"
     description = "evaluate nodes whose inputs are all constant (output size capped, 1 MiB default)"
 
-    options = (Option("max_bytes", int, DEFAULT_MAX_BYTES, "largest folded output, in bytes"),)
+    options = (
+        Option("max_bytes", int, DEFAULT_MAX_BYTES, "largest folded output, in bytes"),
+        Option("max_growth", float, DEFAULT_MAX_GROWTH, "fold only where the output is at most this "
+               f"many times the bytes of the constants it replaces (outputs under {SMALL_BYTES} bytes "
+               "always fold); 0 folds regardless"),
+    )
 
     def call(self, model: Model) -> PassResult:
         skipped: dict[str, str] = {}
-        n = fold_graph(model.graph, model.opset_imports, self.max_bytes, skipped)
+        n = fold_graph(model.graph, model.opset_imports, self.max_bytes, skipped, self.max_growth)
         return PassResult(model, n > 0, {"folded": n, "rewrites": n, "not_folded": skipped})
