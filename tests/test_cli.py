@@ -121,3 +121,39 @@ def test_unknown_dim_is_a_usage_error(tmp_path, capsys):
     out = tmp_path / "o.onnx"
     assert cli.main(["run", "example:tiny_cnn", "--dim", "nosuchdim=5", "-o", str(out)]) == 2
     assert "not a symbolic input dim" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("flag", ["-o", "--json", "--report"])
+def test_unwritable_destinations_fail_before_any_work(flag, tmp_path, capsys, monkeypatch):
+    from refold.passes import PassManager
+
+    ran = []
+    monkeypatch.setattr(PassManager, "run", lambda self, *a, **k: ran.append(1))
+    out = tmp_path / "o.onnx"
+    argv = ["run", "example:tiny_cnn", "-o", str(out)]
+    argv = argv[:-2] + ["-o", str(tmp_path / "nope" / "o.onnx")] if flag == "-o" else \
+        argv + [flag, str(tmp_path / "nope" / "r")]
+    assert cli.main(argv) == errors.EXIT_OUTPUT
+    assert ran == [] and "does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_all_outputs_or_none_when_a_late_write_fails(tmp_path, monkeypatch):
+    import refold.fileio
+
+    def fail(path, text):
+        raise errors.OutputError(f"cannot write '{path}': disk full")
+
+    monkeypatch.setattr(refold.fileio, "write_text_atomic", fail)
+    out = tmp_path / "o.onnx"
+    assert cli.main(["run", "example:tiny_cnn", "-o", str(out), "--json", str(tmp_path / "r.json")]) == 6
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_closed_pipe_exits_quietly():
+    import zoo
+
+    big = next(p for p in zoo.LIGHT_MODELS if "densenet121" in p)  # 1,746 nodes: more than a pipe holds
+    p = subprocess.run(f"set -o pipefail; {sys.executable} -m refold.cli show {big} --graph | head -1",
+                       shell=True, capture_output=True, text=True, executable="/bin/bash")
+    assert p.stderr == "" and p.stdout.count("\n") == 1 and p.returncode == errors.EXIT_PIPE

@@ -1,12 +1,14 @@
 """The ``refold`` command line.
 
 Exit codes: 0 ok, 2 usage, 3 invalid or unreadable model, 4 unsupported construct (or a pass that
-failed its check), 5 refused for security, 6 output not writable, 130 interrupted, 143 terminated.
+failed its check), 5 refused for security, 6 output not writable, 130 interrupted, 141 output pipe
+closed (``refold show --graph | head``), 143 terminated.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import traceback
@@ -16,7 +18,7 @@ from refold.errors import RefoldError, Terminated, UsageError
 
 EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid or unreadable model, 4 unsupported construct or "
           "failed pass check, 5 refused for security, 6 output not writable, 130 interrupted, "
-          "143 terminated")
+          "141 output pipe closed, 143 terminated")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,8 +129,13 @@ def cmd_run(args) -> int:
     from refold.frontends.onnx.save import save_onnx
     from refold.passes import PassManager, get_pass
 
+    from refold.fileio import check_writable
+
     passes = [get_pass(p) for p in (args.passes or DEFAULT_PIPELINE)]
     dims = _dims(args.dim)
+    for dest, what in ((args.output, "output"), (args.json, "--json"), (args.report, "--report")):
+        if dest:
+            check_writable(dest, what)  # before any work, not after it
     model = load(args.model)
     symbolic = {d for v in model.graph.inputs if v.shape for d in v.shape if isinstance(d, str)}
     unknown = sorted(set(dims) - symbolic)
@@ -140,15 +147,22 @@ def cmd_run(args) -> int:
     report = pm.run(model, OptimizeReport(before=snapshot_of(model) if args.report else None))
     ext = {"auto": None, "yes": True, "no": False}[args.external_data]
     save_onnx(model, args.output, external_data=ext)
-    if args.report:  # the file as written, against the file as read: both in ONNX terms
-        from refold.inspect.html import render
+    try:  # all outputs or none: a report that cannot be written takes the model back
+        if args.report:  # the file as written, against the file as read: both in ONNX terms
+            from refold.inspect.html import render
 
-        write_text_atomic(args.report, render(report.before, load(args.output), report=report,
-                                              titles=(args.model, args.output), title=f"refold run {args.model}"))
+            write_text_atomic(args.report, render(report.before, load(args.output), report=report,
+                                                  titles=(args.model, args.output),
+                                                  title=f"refold run {args.model}"))
+        if args.json:
+            write_text_atomic(args.json, json.dumps(report.to_dict(), indent=2, default=str))
+    except BaseException:
+        for path in (args.output, args.output + ".data", args.report):
+            if path and os.path.exists(path):
+                os.unlink(path)
+        raise
     print(f"{resolve_path(args.model)} -> {args.output}")
     print(report.format())
-    if args.json:
-        write_text_atomic(args.json, json.dumps(report.to_dict(), indent=2, default=str))
     return 0
 
 
@@ -163,9 +177,10 @@ def cmd_diff(args) -> int:
 
 def cmd_report(args) -> int:
     from refold.api import load
-    from refold.fileio import write_text_atomic
+    from refold.fileio import check_writable, write_text_atomic
     from refold.inspect.html import render
 
+    check_writable(args.output)
     write_text_atomic(args.output, render(load(args.a), load(args.b), titles=(args.a, args.b)))
     print(f"{args.a} vs {args.b} -> {args.output}")
     return 0
@@ -197,13 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             _parser().print_help()
             return errors.EXIT_USAGE
-        return {"show": cmd_show, "run": cmd_run, "passes": cmd_passes, "diff": cmd_diff,
-                "report": cmd_report}[args.cmd](args)
+        rc = {"show": cmd_show, "run": cmd_run, "passes": cmd_passes, "diff": cmd_diff,
+              "report": cmd_report}[args.cmd](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
+        return rc
     except RefoldError as e:
         if debug:
             traceback.print_exc()
         print(f"refold: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # `refold show --graph | head`: the reader left; so do we, quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return errors.EXIT_PIPE
     except KeyboardInterrupt:
         print("refold: interrupted; nothing was written", file=sys.stderr)
         return errors.EXIT_INTERRUPTED

@@ -17,3 +17,17 @@ def write_text_atomic(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise OutputError(f"cannot write '{path}': {e.strerror or e}") from None
+
+
+def check_writable(path: str, what: str = "output") -> None:
+    """Fail now, before any work, if ``path`` cannot be written: its folder is missing, is not a
+    folder, or is read-only, or the path is a folder."""
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    if os.path.isdir(full):
+        raise OutputError(f"{what} '{path}' is a directory")
+    if not os.path.isdir(folder):
+        state = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise OutputError(f"{what} '{path}': folder {folder} {state}")
+    if not os.access(folder, os.W_OK):
+        raise OutputError(f"{what} '{path}': folder {folder} is not writable")
