@@ -157,3 +157,14 @@ def test_closed_pipe_exits_quietly():
     p = subprocess.run(f"set -o pipefail; {sys.executable} -m refold.cli show {big} --graph | head -1",
                        shell=True, capture_output=True, text=True, executable="/bin/bash")
     assert p.stderr == "" and p.stdout.count("\n") == 1 and p.returncode == errors.EXIT_PIPE
+
+
+def test_progress_bar_only_on_a_terminal(capsys):
+    from refold.progress import StepBar, step_bar
+
+    assert step_bar() is None and not StepBar().enabled  # pytest's stderr is not a terminal
+    with StepBar(force=True) as bar:
+        bar(1, 3, "fuse-conv-bn")
+    assert "fuse-conv-bn" in capsys.readouterr().err
+    assert cli.main(["run", "example:tiny_cnn", "-o", "/dev/null/x"]) == 6
+    assert "\r" not in capsys.readouterr().err  # no bar when redirected

@@ -1,4 +1,5 @@
 """Generic passes and the PassManager, on real models and on small graphs made to break them."""
+import json
 import os
 
 import numpy as np
@@ -218,3 +219,47 @@ def test_default_pipeline_does_not_inflate_or_leave_dead_initializers(tmp_path):
     assert cli.main(["run", src, "-p", "fold-constants:max_growth=0", "-p", "dce", "--no-check",
                      "-o", str(forced)]) == 0
     assert os.path.getsize(forced) > 20 * os.path.getsize(src)  # the cap can be lifted
+
+
+def test_report_rows_and_counts_match_the_written_file(tmp_path, capsys):
+    # -p layernorm-to-rmsnorm on PP-OCR cls rewrote 18 HardSwish patterns through a hidden
+    # raise-to-core and reported 204 nodes for a file refold show counts 222
+    out, js = tmp_path / "o.onnx", tmp_path / "r.json"
+    assert cli.main(["run", zoo.ppocr_path("cls"), "-p", "layernorm-to-rmsnorm", "-o", str(out),
+                     "--json", str(js)]) == 0
+    rows = json.loads(js.read_text())["passes"]
+    assert [r["name"] for r in rows] == ["raise-to-core", "layernorm-to-rmsnorm"]
+    assert rows[0]["modified"] and rows[0]["stats"]["patterns"] == 18
+    capsys.readouterr()
+    assert cli.main(["show", str(out), "--json"]) == 0
+    assert rows[-1]["nodes_after"] == json.loads(capsys.readouterr().out)["nodes"]
+    assert rows[0]["nodes_before"] == len(refold.load(zoo.ppocr_path("cls")).graph)
+
+
+def test_report_diff_of_an_onnx_model_speaks_onnx():
+    _, report = refold.optimize(zoo.ppocr_path("cls"), passes=["fuse-conv-bn"])
+    d = report.diff()
+    ops = {r["op"] for r in d.to_dict()["added"]} | {c.op for c in d.changed}
+    assert ops and not any(o.startswith("core.") or o in ("conv", "hardswish") for o in ops), ops
+
+
+def test_check_is_timed_probes_are_sized_and_described_and_reasons_counted():
+    m = load_onnx(zoo.ppocr_path("det"))
+    seen = []
+    r = PassManager([get_pass("fuse-conv-bn")], progress=lambda i, n, what: seen.append((i, n, what))).run(m)
+    text = r.format()
+    assert "(numeric check)" in text and r.check_seconds > 0 and r.record("fuse-conv-bn").check_seconds > 0
+    assert "[x: 2x3x64x64]" in r.check_note  # not the 1x1 that hid a 3.2e-4 error
+    assert "not_folded: 1 (no-partner 1)" in text  # the BN after an Add, in the table itself
+    assert [w for _, _, w in seen] == ["numeric check: reference run", "raise-to-core", "fuse-conv-bn", "done"]
+
+
+def test_probe_sizes_fall_back_to_one_where_the_model_needs_its_export_size():
+    # a reshape hard-codes the export size: probed at 2x..., the model cannot run; the check says so
+    shape = numpy_helper.from_array(np.array([1, 12], np.int64), "shape")
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [shape])
+    m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    r = PassManager([get_pass("dce")]).run(m)
+    assert "probed at 1" in r.check_note and "[x: 1x3x4]" in r.check_note

@@ -58,7 +58,7 @@ def test_runners_agree_on_torch_export_captures(name):
     model, inputs = zoo.tiny_hf_model(name)
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
-    module = zoo.last_hidden(model)
+    module = zoo.last_hidden(model).eval()
     m = refold.load(module, inputs)
     with torch.no_grad():
         expected = module(*inputs)
@@ -123,7 +123,7 @@ def test_stream_hands_each_batch_to_the_callback_from_lists_generators_and_datal
 def test_stream_takes_variable_sequence_lengths(tmp_path):
     model, inputs = zoo.tiny_hf_model("gpt2")
     path = str(tmp_path / "gpt2_dynamic.onnx")
-    torch.onnx.export(zoo.last_hidden(model), inputs, path, dynamo=False, opset_version=17, input_names=["ids"],
+    torch.onnx.export(zoo.last_hidden(model).eval(), inputs, path, dynamo=False, opset_version=17, input_names=["ids"],
                       output_names=["h"], dynamic_axes={"ids": {0: "batch", 1: "seq"}, "h": {0: "batch", 1: "seq"}})
     m = refold.load(path)
     name = m.graph.inputs[0].name

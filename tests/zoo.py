@@ -90,7 +90,7 @@ def last_hidden(model):
             out = self.m(x)
             return out[0] if isinstance(out, tuple) else out.last_hidden_state
 
-    return LastHidden(model).eval()
+    return LastHidden(model)  # left in training mode: export_hf_onnx's graphs depend on it
 
 
 def export_hf_onnx(name: str, path: str) -> str:

@@ -87,19 +87,28 @@ class OptimizeReport(Report):
         if self.before is None or self.model is None:
             raise UsageError("this report kept no snapshot of the input: run optimize(..., snapshot=True)")
 
+    def _after(self):
+        """The result as the user gets it: for an ONNX model, the ModelProto read back (ONNX op
+        names, as in the file), not the IR with its core ops."""
+        self._require_snapshot()
+        if self.model.source != "onnx":
+            return self.model
+        from refold.frontends.onnx.exporter import to_onnx
+        from refold.frontends.onnx.importer import load_onnx
+
+        return load_onnx(to_onnx(self.model))
+
     def diff(self):
         """Node-by-node diff of the graph before the passes and after them."""
         from refold.inspect.diff import diff
 
-        self._require_snapshot()
-        return diff(self.before, self.model, titles=("before", "after"))
+        return diff(self.before, self._after(), titles=("before", "after"))
 
     def to_html(self, title: str = "refold report") -> str:
         """A self-contained HTML viewer: before and after side by side, and this pass table."""
         from refold.inspect.html import render
 
-        self._require_snapshot()
-        return render(self.before, self.model, titles=("before", "after"), report=self, title=title)
+        return render(self.before, self._after(), titles=("before", "after"), report=self, title=title)
 
 
 def snapshot_of(model: Model, title: str = "before"):
@@ -125,9 +134,15 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
     """
     ir = load(model, example_inputs)
     names = DEFAULT_PIPELINE if passes is None else passes
-    pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol,
-                     probe=probe, dims=dims)
-    report = pm.run(ir, OptimizeReport(before=snapshot_of(ir) if snapshot else None))
+    from refold.progress import StepBar
+
+    count = None
+    if ir.source == "onnx":  # node counts as the returned ModelProto will have them
+        from refold.frontends.onnx.exporter import exported_node_count as count
+    with StepBar("pass") as bar:
+        pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol,
+                         probe=probe, dims=dims, count=count, progress=bar if bar.enabled else None)
+        report = pm.run(ir, OptimizeReport(before=snapshot_of(ir) if snapshot else None))
     if ir.source == "onnx":
         from refold.frontends.onnx.exporter import to_onnx
 

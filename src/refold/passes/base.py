@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from collections import Counter
+from typing import Any, Callable
 
 from refold.errors import PassFailedError, RefoldError, UsageError
 from refold.ir.graph import Model
@@ -165,6 +166,7 @@ class PassRecord:
     max_abs: float | None = None
     max_rel: float | None = None
     check: str = ""
+    check_seconds: float = 0.0  # the numeric check after this step
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,6 +179,7 @@ class Report:
     passes: list[PassRecord] = dataclasses.field(default_factory=list)
     check_engine: str = ""
     check_note: str = ""
+    check_seconds: float = 0.0  # the reference run before the first step
     before: Any = None  # a data-free snapshot of the input, when the caller kept one
     model: Any = None   # the model after the last pass
 
@@ -202,8 +205,14 @@ class Report:
             err = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
             rel = "-" if r.max_rel is None else f"{r.max_rel:.3g}"
             changes = ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, (dict, list)))
-            lines.append(f"{r.name:<22} {r.seconds * 1000:>6.1f}ms {r.nodes_before:>6} -> {r.nodes_after:<6}"
+            left = [_reason_counts(k, v) for k, v in r.stats.items() if _is_reasons(v)]
+            changes = "; ".join(filter(None, [changes] + left))
+            lines.append(f"{r.name:<22} {_ms(r.seconds)} {r.nodes_before:>6} -> {r.nodes_after:<6}"
                          f" {err:>12} {rel:>12}  {changes}")
+        checked = self.check_seconds + sum(r.check_seconds for r in self.passes)
+        if self.check_engine:
+            lines.append(f"{'(numeric check)':<22} {_ms(checked)} {'':>15} {'':>12} {'':>12}  "
+                         f"{self.check_engine}, before and after every step")
         if self.check_note:
             lines.append(f"check: {self.check_note}")
         return "\n".join(lines)
@@ -211,6 +220,20 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"passes": [r.to_dict() for r in self.passes], "check_engine": self.check_engine,
                 "check_note": self.check_note}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:>6.1f}ms" if seconds < 10 else f"{seconds:>7.1f}s"
+
+
+def _is_reasons(v: Any) -> bool:
+    return isinstance(v, dict) and bool(v) and all(isinstance(x, str) for x in v.values())
+
+
+def _reason_counts(key: str, reasons: dict[str, str]) -> str:
+    """``not_folded: 3 (no-partner 2, not-raised 1)``: why nodes were left alone, by reason code."""
+    codes = Counter(getattr(why, "code", "other") for why in reasons.values())
+    return f"{key}: {len(reasons)} (" + ", ".join(f"{c} {n}" for c, n in codes.most_common()) + ")"
 
 
 def count_nodes(model: Model) -> int:
@@ -224,13 +247,18 @@ class PassManager:
 
     ``checker`` is anything with ``compare(model, pass_name)``; by default one from
     ``refold.runtime.check`` on ``probe`` inputs (a dict or list of dicts; generated from the input
-    types if omitted).
+    types if omitted). ``count`` counts a model's nodes for the report (the CLI counts them as the
+    written file will have them). ``progress(i, n, name)`` is called before each step.
     """
 
     def __init__(self, passes: list[Pass], *, check: bool = True, probe=None, atol: float = 1e-4,
                  rtol: float = 1e-4, dims: dict[str, int] | None = None,
-                 check_limit_bytes: int = 512 << 20, verify: bool = True, checker=None):
+                 check_limit_bytes: int = 512 << 20, verify: bool = True, checker=None,
+                 count: Callable[[Model], int] | None = None,
+                 progress: Callable[[int, int, str], None] | None = None):
         self.passes = list(passes)
+        self.count = count or count_nodes
+        self.progress = progress
         self.check = check
         self.checker = checker
         self.probe = probe
@@ -241,21 +269,32 @@ class PassManager:
 
     def run(self, model: Model, report: Report | None = None) -> Report:
         report = report if report is not None else Report()
+        steps: list[Pass] = []
+        have: set[str] = set()
+        for p in self.passes:  # the plan: each pass, after the steps that establish its requirements
+            for prop in sorted(p.requires - have):
+                steps.append(provider(prop))
+                have.add(prop)
+            steps.append(p)
+            have |= p.ensures
+        if self.progress:
+            self.progress(0, len(steps), "numeric check: reference run" if self.check else steps[0].name)
+        t0 = time.perf_counter()
         checker = self._make_checker(model) if self.check else None
+        report.check_seconds = time.perf_counter() - t0
         if checker is not None:
             report.check_engine, report.check_note = checker.engine, checker.note
-        have: set[str] = set()
-        for p in self.passes:
-            for prop in sorted(p.requires - have):
-                model = self._step(provider(prop), model, checker, report)
-                have.add(prop)
+        for i, p in enumerate(steps):
+            if self.progress:
+                self.progress(i, len(steps), p.name)
             model = self._step(p, model, checker, report)
-            have |= p.ensures
+        if self.progress:
+            self.progress(len(steps), len(steps), "done")
         report.model = model
         return report
 
     def _step(self, p: Pass, model: Model, checker, report: Report) -> Model:
-        before = count_nodes(model)
+        before = self.count(model)
         t0 = time.perf_counter()
         try:
             result = p.call(model)
@@ -270,12 +309,14 @@ class PassManager:
                 verify(model.graph)
             except VerifyError as e:
                 raise PassFailedError(f"pass '{p.name}' left an invalid graph: {e}") from None
-        rec = PassRecord(p.name, seconds, before, count_nodes(model), result.modified,
+        rec = PassRecord(p.name, seconds, before, self.count(model), result.modified,
                          dict(result.stats))
+        t0 = time.perf_counter()
         if checker is not None and result.modified:
             rec.max_abs, rec.max_rel = checker.compare(model, p.name)
         elif checker is not None and checker.engine:
             rec.max_abs, rec.max_rel = 0.0, 0.0
+        rec.check_seconds = time.perf_counter() - t0
         report.passes.append(rec)
         return model
 

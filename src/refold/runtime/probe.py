@@ -8,6 +8,49 @@ from refold.ir.dtypes import DType
 from refold.ir.graph import Model
 
 
+_BATCH, _SEQUENCE, _SPATIAL = 2, 32, 64
+
+
+def probe_dims(model: Model, dims: dict[str, int] | None = None) -> dict[str, int]:
+    """Sizes for the symbolic input dims that exercise the model, not the degenerate 1x1.
+
+    ``dims`` (the user's ``--dim``) first; then the name's hint (batch, seq / sequence / length,
+    height / width); then the position: the first axis is a batch (2), later axes of an image
+    (rank 4-5) are spatial (64), of a sequence (rank 2-3) are a length (32).
+
+    >>> # PP-OCR det x: [N, 3, H, W]  ->  {N: 2, H: 64, W: 64}
+    """
+    out = dict(dims or {})
+    for v in model.graph.inputs:
+        if v.const is not None or not v.shape:
+            continue
+        rank = len(v.shape)
+        for axis, d in enumerate(v.shape):
+            if isinstance(d, int) and d >= 0:
+                continue
+            if not isinstance(d, str):  # -1 or unknown: keyed by position
+                d = f"{v.name}:{axis}"
+            if d in out:
+                continue
+            low = d.lower() if ":" not in d else ""
+            if "batch" in low or low in ("n", "b", "bs"):
+                out[d] = _BATCH
+            elif any(k in low for k in ("seq", "len", "token", "time")):
+                out[d] = _SEQUENCE
+            elif any(k in low for k in ("height", "width")) or low in ("h", "w"):
+                out[d] = _SPATIAL
+            elif axis == 0:
+                out[d] = _BATCH
+            else:
+                out[d] = _SPATIAL if rank >= 4 else _SEQUENCE
+    return out
+
+
+def describe_feeds(feeds: dict) -> str:
+    """``x: 2x3x64x64`` for the check line."""
+    return ", ".join(f"{k}: {'x'.join(map(str, getattr(a, 'shape', ()))) or 'scalar'}" for k, a in feeds.items())
+
+
 def probe_inputs(model: Model, *, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """Random inputs from the graph's input types; symbolic dims take ``dims[name]`` or 1.
 
@@ -20,9 +63,11 @@ def probe_inputs(model: Model, *, seed: int = 0, dims: dict[str, int] | None = N
             continue
         if v.dtype is None or v.shape is None:
             raise UnsupportedError(f"input '{v.name}' has no type or shape; pass probe inputs")
-        # static dims as they are; symbolic ones from ``dims`` (default 1); -1 or unknown: 1
-        shape = tuple(d if isinstance(d, int) and d >= 0 else (dims or {}).get(d, 1) if isinstance(d, str)
-                      else 1 for d in v.shape)
+        # static dims as they are; symbolic ones from ``dims`` (default 1); -1 or unknown ones
+        # from ``dims["input:axis"]`` (default 1)
+        sizes = dims or {}
+        shape = tuple(d if isinstance(d, int) and d >= 0 else sizes.get(d, 1) if isinstance(d, str)
+                      else sizes.get(f"{v.name}:{axis}", 1) for axis, d in enumerate(v.shape))
         dt = v.dtype
         if dt.is_float:
             arr = rng.standard_normal(shape).astype(dt.numpy())

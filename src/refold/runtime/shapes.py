@@ -5,22 +5,10 @@ from __future__ import annotations
 
 import onnx
 
-from refold.frontends.onnx.exporter import inline_tensor, to_onnx
+from refold.frontends.onnx.exporter import stub_tensor, to_onnx
 from refold.frontends.onnx.importer import type_from_proto
 from refold.ir.graph import Model, Value
-from refold.ir.tensor import Tensor
 
-_INLINE_LIMIT = 4096  # tensors above this are passed to onnx as type-only stubs (no data copied)
-
-
-def _stub_sink(name: str, t: Tensor) -> onnx.TensorProto:
-    if t.nbytes <= _INLINE_LIMIT:
-        return inline_tensor(name, t)
-    stub = onnx.TensorProto(name=name, data_type=int(t.dtype), dims=t.shape)
-    stub.data_location = onnx.TensorProto.EXTERNAL
-    e = stub.external_data.add()
-    e.key, e.value = "location", "refold-shape-stub"
-    return stub
 
 
 def _merge(v: Value, dtype, shape) -> bool:
@@ -55,7 +43,7 @@ def infer_shapes(model: Model, max_rounds: int = 4, *, probe: bool = False) -> i
 
 
 def _infer_round(model: Model) -> int:
-    proto = to_onnx(model, _stub_sink)
+    proto = to_onnx(model, stub_tensor)
     inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     found: dict[str, tuple] = {}
 

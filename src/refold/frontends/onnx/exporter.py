@@ -33,6 +33,38 @@ def inline_tensor(name: str, tensor: Tensor) -> onnx.TensorProto:
     return t
 
 
+STUB_INLINE_BYTES = 4096
+
+
+def stub_tensor(name: str, tensor: Tensor) -> onnx.TensorProto:
+    """A sink for exports that need the graph, not the weights: small tensors inline (shape
+    computations read them), larger ones as type-only stubs pointing at no file."""
+    if tensor.nbytes <= STUB_INLINE_BYTES:
+        return inline_tensor(name, tensor)
+    stub = onnx.TensorProto(name=name, data_type=int(tensor.dtype), dims=tensor.shape)
+    stub.data_location = onnx.TensorProto.EXTERNAL
+    e = stub.external_data.add()
+    e.key, e.value = "location", "refold-stub"
+    return stub
+
+
+def exported_node_count(model: Model) -> int:
+    """How many nodes the written file will have, as ``refold show`` counts them: core ops lowered
+    to the model's opset, plain Constant nodes not counted (they load as constants)."""
+    from refold.frontends.onnx.importer import _is_plain_constant
+
+    def count(g: onnx.GraphProto) -> int:
+        total = 0
+        for n in g.node:
+            total += not _is_plain_constant(n)
+            for a in n.attribute:
+                total += count(a.g) if a.HasField("g") else 0
+                total += sum(count(sg) for sg in a.graphs)
+        return total
+
+    return count(to_onnx(model, stub_tensor).graph)
+
+
 def to_onnx(model: Model, sink: TensorSink = inline_tensor) -> onnx.ModelProto:
     """Export a Model; ``sink`` decides how each tensor is stored (inline, or external on save)."""
     ctx = _Exporter(model, sink)
