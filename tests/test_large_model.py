@@ -13,10 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import refold
+from sabotage import Sabotage
 from refold.errors import PassFailedError
-from refold.ir.graph import Node
 from refold.ir.tensor import Tensor
-from refold.passes import Pass, PassManager, PassResult, get_pass
+from refold.passes import PassManager, get_pass
 from refold.runtime import check
 from refold.runtime import ort as ort_mod
 from refold.runtime.ort import OrtRunner
@@ -130,25 +130,7 @@ def test_pipeline_with_check_goes_by_path(large, monkeypatch, tmp_path):
     _same(OrtRunner(str(out)).run(_feeds()), OrtRunner(large).run(_feeds()))
 
 
-class _Broken(Pass):
-    """Doubles relu2's output: a wrong rewrite the by-path check must catch and locate (its
-    first reader is the Neg, which DCE has not removed here)."""
-
-    name = "broken"
-
-    def call(self, model):
-        g = model.graph
-        relu = next(n for n in g if n.name == "relu2")
-        two = g.add_const(np.array(2.0, np.float32))
-        mul = Node("Mul", [relu.output, two], name="sabotage")
-        g.insert_after(relu, mul)
-        for node, i in relu.output.uses():
-            if node is not mul:
-                node.set_input(i, mul.output)
-        return PassResult(model, True, {"rewrites": 1})
-
-
 def test_check_by_path_names_first_diverging_node(large):
     with pytest.raises(PassFailedError) as e:
-        PassManager([_Broken()], check_limit_bytes=1 << 30).run(refold.load(large))
+        PassManager([Sabotage(lambda n: n.name == "relu2")], check_limit_bytes=1 << 30).run(refold.load(large))
     assert "first diverging node: 'dead' (Neg)" in str(e.value)  # relu2's first reader

@@ -9,11 +9,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import refold
 import zoo
+from sabotage import Sabotage
 from refold import cli
 from refold.errors import PassFailedError
 from refold.frontends.onnx.exporter import to_onnx
 from refold.frontends.onnx.importer import load_onnx
-from refold.ir.graph import Node
 from refold.passes import (CommonSubexpressionElimination, DeadCodeElimination, FoldConstants,
                            InferShapes, Pass, PassManager, PassResult, get_pass)
 from refold.runtime import probe_inputs
@@ -137,23 +137,6 @@ def test_infer_shapes_fills_types_without_copying_weights():
     assert all(v.shape is not None for n in m.graph for v in n.outputs)
 
 
-class _Broken(Pass):
-    """Multiplies the first Relu's output by 2: a wrong rewrite the check must catch."""
-
-    name = "broken"
-
-    def call(self, model):
-        g = model.graph
-        relu = next(n for n in g if n.op == "Relu")
-        two = g.add_const(np.array(2.0, np.float32))
-        mul = Node("Mul", [relu.output, two], name="sabotage")
-        g.insert_after(relu, mul)
-        for node, i in relu.output.uses():
-            if node is not mul:
-                node.set_input(i, mul.output)
-        return PassResult(model, True, {"rewrites": 1})
-
-
 class _Dangling(Pass):
     name = "dangling"
 
@@ -166,7 +149,7 @@ class _Dangling(Pass):
 def test_numeric_check_names_first_diverging_node():
     m = load_onnx(refold.example_path())
     with pytest.raises(PassFailedError) as e:
-        PassManager([_Broken()]).run(m)
+        PassManager([Sabotage(lambda n: n.op == "Relu")]).run(m)
     msg = str(e.value)
     assert "pass 'broken' changed output 'logits'" in msg
     assert "first diverging node: 'conv2' (Conv)" in msg  # the first consumer of the doubled relu
