@@ -20,7 +20,7 @@ ALLOWED = {
     "codegen": {"lowering", "ir"},
     "inspect": {"ir"},
 }
-LEAVES = {"errors", "fileio", "progress"}
+LEAVES = {"errors", "fileio", "progress", "gcpause"}
 TOP = {"api", "cli", "__init__", "__main__"}
 
 

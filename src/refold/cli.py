@@ -15,6 +15,7 @@ import traceback
 
 from refold import errors
 from refold.errors import RefoldError, Terminated, UsageError
+from refold.gcpause import gc_paused
 
 EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid or unreadable model, 4 unsupported construct or "
           "failed pass check, 5 refused for security, 6 output not writable, 130 interrupted, "
@@ -217,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd is None:
             _parser().print_help()
             return errors.EXIT_USAGE
-        rc = {"show": cmd_show, "run": cmd_run, "passes": cmd_passes, "diff": cmd_diff,
-              "report": cmd_report}[args.cmd](args)
+        with gc_paused():  # a short-lived job: cycles are freed when it ends
+            rc = {"show": cmd_show, "run": cmd_run, "passes": cmd_passes, "diff": cmd_diff,
+                  "report": cmd_report}[args.cmd](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
         return rc
     except RefoldError as e:

@@ -12,6 +12,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from refold.errors import PassFailedError, RefoldError, UsageError
+from refold.gcpause import gc_paused
 from refold.ir.graph import Model
 from refold.ir.verify import VerifyError, verify
 
@@ -297,7 +298,8 @@ class PassManager:
         before = self.count(model)
         t0 = time.perf_counter()
         try:
-            result = p.call(model)
+            with gc_paused():  # graph-wide passes allocate much and free little
+                result = p.call(model)
         except RefoldError:
             raise
         except Exception as e:

@@ -9,6 +9,7 @@ import onnx
 from onnx import AttributeProto as AP
 
 from refold.errors import InvalidModelError
+from refold.gcpause import gc_paused
 from refold.frontends.onnx.file import read_model_proto, resolve_external, utf8_checked
 from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Model, Node, Value
@@ -22,6 +23,7 @@ _NODE_FIELD_SET = frozenset(_NODE_FIELDS)
 _VERBATIM_ATTRS = {AP.SPARSE_TENSOR, AP.SPARSE_TENSORS, AP.TYPE_PROTO, AP.TYPE_PROTOS, AP.TENSORS}
 
 
+@gc_paused()  # millions of new objects and no garbage: the collector's scans were >50% of load
 def load_onnx(src: str | os.PathLike | onnx.ModelProto) -> Model:
     """Load an ONNX file (by path, external data checked and left on disk) or a ModelProto."""
     if isinstance(src, onnx.ModelProto):
@@ -110,7 +112,10 @@ def type_from_proto(tp: onnx.TypeProto) -> tuple[DType | None, tuple | None]:
     if tp.WhichOneof("value") != "tensor_type":
         return None, None
     tt = tp.tensor_type
-    dtype = DType(tt.elem_type) if tt.elem_type else None
+    try:
+        dtype = DType(tt.elem_type) if tt.elem_type else None
+    except ValueError:
+        raise InvalidModelError(f"unknown elem_type {tt.elem_type}") from None
     if not tt.HasField("shape"):
         return dtype, None
     dims = []
@@ -136,9 +141,12 @@ def type_to_proto(dtype: DType | None, shape: tuple | None) -> onnx.TypeProto:
     return tp
 
 
-def apply_value_info(v: Value, vi: onnx.ValueInfoProto) -> None:
+def apply_value_info(v: Value, vi: onnx.ValueInfoProto, where: str = "") -> None:
     """Give ``v`` the type in ``vi``; keep the proto where refold's own form would lose detail."""
-    dtype, shape = type_from_proto(vi.type)
+    try:
+        dtype, shape = type_from_proto(vi.type)
+    except InvalidModelError as e:
+        raise InvalidModelError(f"{where}{': ' if where else ''}value '{vi.name}' has {e}") from None
     v.dtype, v.shape = dtype, shape
     if vi.HasField("type") and type_to_proto(dtype, shape) != vi.type:
         v.meta["onnx.type"] = (vi.type, dtype, shape)
@@ -184,7 +192,7 @@ class _Importer:
             if vi.name in scope:
                 raise InvalidModelError(f"{self.where}: graph '{gp.name}' lists input '{vi.name}' twice")
             v = g.add_input(vi.name)
-            apply_value_info(v, vi)
+            apply_value_info(v, vi, self.where)
             scope[vi.name] = v
         for t in gp.initializer:
             tensor = self.tensor(t)
@@ -273,7 +281,7 @@ class _Importer:
                 raise InvalidModelError(f"{self.where}: graph '{gp.name}' output '{vo.name}' is "
                                         f"not produced by any node")
             if v.kind == "intermediate" and v.dtype is None and v.shape is None:
-                apply_value_info(v, vo)
+                apply_value_info(v, vo, self.where)
             elif not vo.HasField("type"):
                 v.meta["onnx.output_untyped"] = True
             g.outputs.append(v)
@@ -291,7 +299,7 @@ class _Importer:
             if v is None or v.kind != "intermediate" or id(v) in output_ids:
                 order.append((vi, None if v is None else (v.dtype, v.shape)))
                 continue
-            apply_value_info(v, vi)
+            apply_value_info(v, vi, self.where)
             order.append(vi.name)
         g.meta["onnx.value_info_order"] = order
         rest = _leftover(gp, ("node", "name", "initializer", "sparse_initializer", "doc_string",
@@ -345,11 +353,15 @@ def _attr_value(a: onnx.AttributeProto) -> Any:
     return v
 
 
+# The Constant attributes refold turns into constant values, with the type each must have.
+_CONSTANT_ATTRS = {"value": AP.TENSOR, "value_float": AP.FLOAT, "value_floats": AP.FLOATS,
+                   "value_int": AP.INT, "value_ints": AP.INTS}
+
+
 def _is_plain_constant(npb: onnx.NodeProto) -> bool:
     return (npb.op_type == "Constant" and npb.domain in ("", "ai.onnx") and len(npb.output) == 1
             and len(npb.attribute) == 1 and not npb.metadata_props and npb.output[0] != ""
-            and npb.attribute[0].name in ("value", "value_float", "value_floats", "value_int",
-                                          "value_ints")
+            and _CONSTANT_ATTRS.get(npb.attribute[0].name) == npb.attribute[0].type
             and not npb.attribute[0].ref_attr_name
             and not _leftover(npb, ("input", "output", "name", "op_type", "domain", "attribute",
                                     "doc_string")))
