@@ -214,3 +214,24 @@ def test_feeds_are_checked():
         r.run({"bogus": np.zeros(1)})
     with pytest.raises(UsageError, match="lack graph inputs"):
         r.run({})
+
+
+def test_streaming_memory_does_not_grow_with_the_number_of_batches():
+    import tracemalloc
+
+    m = refold.load(zoo.ppocr_path("cls"))
+    names = [o.name for n in m.graph for o in n.outputs if o.kind != "omitted"][:20]
+    runner = OrtRunner(m)
+    batch = _feeds_for(m, (4, 3, 48, 192))
+    sums = []
+
+    def peak(n: int) -> int:
+        tracemalloc.start()
+        runner.stream((batch for _ in range(n)), lambda i, v: sums.append(float(v[names[-1]].sum())),
+                      capture=names)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return top
+
+    small, large = peak(3), peak(30)
+    assert len(sums) == 33 and large < 1.3 * small, (small, large)
