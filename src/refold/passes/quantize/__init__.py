@@ -1,0 +1,1 @@
+"""The quantize pass family: calibration statistics (calibration.py) and QDQ insertion."""
