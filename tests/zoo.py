@@ -134,3 +134,32 @@ def random_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProto:
     if m.ir_version < 4:
         g.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in new)
     return m
+
+
+WORDS = ["Hello", "refold", "2026", "graph", "rewrite", "quantize", "text", "crop", "ONNX", "model",
+         "kernel", "layer", "norm", "batch", "tensor", "scale", "invoice", "total", "Street", "No.42"]
+
+
+def text_crop(words: str = "Hello refold 2026", size: int = 26, x: int = 6, y: int = 8) -> np.ndarray:
+    """A 48x192 RGB crop of dark text on white, as PP-OCR's orientation classifier reads."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    img = Image.new("RGB", (192, 48), "white")
+    ImageDraw.Draw(img).text((x, y), words, fill="black", font=ImageFont.load_default(size=size))
+    return np.asarray(img)
+
+
+def text_crops(n: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` varied upright crops (words, sizes, positions) for calibration and accuracy tests."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        words = " ".join(rng.choice(WORDS, size=int(rng.integers(2, 4))))
+        out.append(text_crop(words, int(rng.integers(18, 30)), int(rng.integers(2, 12)), int(rng.integers(4, 14))))
+    return out
+
+
+def cls_input(img: np.ndarray) -> np.ndarray:
+    """PP-OCR cls preprocessing: CHW, scaled to [-1, 1], a batch of one."""
+    x = img.astype(np.float32).transpose(2, 0, 1) / 255.0
+    return ((x - 0.5) / 0.5)[None]

@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--external-data", choices=("auto", "yes", "no"), default="auto",
                    help="store weights in a .data file beside OUT (auto: if the input did, or if "
                         "over 1.8 GB)")
+    r.add_argument("--data", metavar="PATH", help="calibration data for passes that take it (quantize): an "
+                   ".npz with one array per graph input, first axis the samples, or a folder of .npz "
+                   "files, one batch each")
     r.add_argument("--json", metavar="FILE", help="also write the per-pass report as JSON")
     r.add_argument("--report", metavar="HTML", help="also write an HTML before/after viewer with the pass table")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -137,6 +140,12 @@ def cmd_run(args) -> int:
     for dest, what in ((args.output, "output"), (args.json, "--json"), (args.report, "--report")):
         if dest:
             check_writable(dest, what)  # before any work, not after it
+    data = _calibration_data(args.data) if args.data else None
+    takes_data = [p for p in passes if hasattr(p, "data")]
+    if data is not None and not takes_data:
+        raise UsageError("--data given, but none of the passes takes calibration data")
+    for p in takes_data:
+        p.data = data if p.data is None else p.data
     model = load(args.model)
     symbolic = {d for v in model.graph.inputs if v.shape for d in v.shape if isinstance(d, str)}
     unknown = sorted(set(dims) - symbolic)
@@ -170,6 +179,56 @@ def cmd_run(args) -> int:
     print(f"{resolve_path(args.model)} -> {args.output}")
     print(report.format())
     return 0
+
+
+def _calibration_data(path: str):
+    """Batches from an .npz (one array per input, first axis the samples: one sample a batch) or
+    a folder of .npz files (each a batch). Checked now; read lazily, file by file."""
+    import numpy as np
+
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".npz"))
+        if not files:
+            raise UsageError(f"--data {path}: no .npz files in the folder")
+
+        def batches():
+            for f in files:
+                with np.load(f, allow_pickle=False) as z:
+                    yield {k: z[k] for k in z.files}
+
+        return _Batches(batches, len(files))
+    if not os.path.isfile(path):
+        raise UsageError(f"--data {path}: no such file or folder")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            lengths = {k: z[k].shape[0] if z[k].ndim else 0 for k in z.files}
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--data {path}: not a readable .npz ({e})") from None
+    if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
+        raise UsageError(f"--data {path}: every array needs the same number of samples on its first "
+                         f"axis, got {lengths}")
+    n = next(iter(lengths.values()))
+
+    def samples():
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        for i in range(n):
+            yield {k: a[i:i + 1] for k, a in arrays.items()}
+
+    return _Batches(samples, n)
+
+
+class _Batches:
+    """A re-iterable stream of feed dicts with a known length."""
+
+    def __init__(self, make, n: int):
+        self.make, self.n = make, n
+
+    def __iter__(self):
+        return iter(self.make())
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def cmd_diff(args) -> int:

@@ -27,6 +27,9 @@ from refold.errors import UsageError
 
 METHODS = ("minmax", "percentile", "entropy", "mse")
 BINS = 2048
+# Below this many observed values a histogram is too sparse to pick a clip point from (a
+# squeeze-excitation vector seen on 24 images is 192 numbers): such tensors keep min / max.
+MIN_SAMPLES = 4096
 
 
 class TensorStats:
@@ -87,15 +90,20 @@ class TensorStats:
         a.hist = a.hist + b_hist
 
     @property
+    def sparse(self) -> bool:
+        """Too few values for a histogram method (they fall back to min / max)."""
+        return self.count < MIN_SAMPLES
+
+    @property
     def amax(self) -> float:
         return max(abs(self.min), abs(self.max)) if self.count else 0.0
 
-    def range(self, method: str = "minmax", *, percentile: float = 99.999, levels: int = 128) -> tuple[float, float]:
+    def range(self, method: str = "minmax", *, percentile: float = 99.999, levels: int = 127) -> tuple[float, float]:
         """(lo, hi) to quantize with. ``minmax`` keeps the observed extremes; the others give a
         clip threshold t and return (max(min, -t), min(max, t))."""
         if self.count == 0:
             return 0.0, 0.0
-        if method == "minmax":
+        if method == "minmax" or (method in METHODS and self.sparse):
             return self.min, self.max
         if method == "percentile":
             t = self._percentile(percentile)
@@ -128,7 +136,7 @@ class TensorStats:
             return min(self.amax, last * self._width())
         best_i, best_kl = last, math.inf
         step = max(1, (last - levels) // 256)  # at most ~256 candidates
-        for i in range(levels, last + 1, step):
+        for i in [*range(levels, last, step), last]:  # the full range is always a candidate
             p = hist[:i].copy()
             p[i - 1] += hist[i:].sum()  # outliers clipped into the last bin
             q = _quantized(hist[:i], levels)
@@ -148,7 +156,7 @@ class TensorStats:
         best_t, best = self.amax, math.inf
         nonzero = np.nonzero(hist)[0]
         last = int(nonzero[-1]) + 1 if nonzero.size else self.bins
-        for i in range(max(1, last // 64), last + 1, max(1, last // 512)):
+        for i in [*range(max(1, last // 64), last, max(1, last // 512)), last]:
             t = i * w
             clipped = hist[i:]
             clip_err = float((clipped * (centers[i:] - t) ** 2).sum())
@@ -222,7 +230,16 @@ class Calibrator:
                 self.stats[n].update(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
         self.batches += 1
 
-    def ranges(self, method: str = "minmax", **kwargs) -> dict[str, tuple[float, float]]:
+    def ranges(self, method: str = "minmax", *, unsigned_levels: int = 255, signed_levels: int = 127,
+               **kwargs) -> dict[str, tuple[float, float]]:
+        """Ranges per tensor. Clip points are searched with the number of levels the quantized
+        type gives the tensor's side(s): a non-negative tensor (after ReLU) in an unsigned type
+        has 255, a signed one 127 per side."""
         if method not in METHODS:
             raise UsageError(f"calibration method '{method}': choose one of {', '.join(METHODS)}")
-        return {n: s.range(method, **kwargs) for n, s in self.stats.items()}
+        return {n: s.range(method, levels=unsigned_levels if s.min >= 0 else signed_levels, **kwargs)
+                for n, s in self.stats.items()}
+
+    def sparse(self) -> list[str]:
+        """Tensors with too few values for a histogram method: they were given min / max."""
+        return [n for n, s in self.stats.items() if 0 < s.count < MIN_SAMPLES]

@@ -1,0 +1,404 @@
+"""The quantize pass: QuantizeLinear / DequantizeLinear pairs around conv, conv-transpose, gemm,
+linear and matmul, calibrated on streamed data, in the QDQ form ONNX Runtime and TensorRT consume.
+
+    x -> conv(x, W, b)   ==>   x -> Q(s_x, z_x) -> DQ(s_x, z_x) -> conv(., DQ(W_q, s_w), DQ(b_q, s_x*s_w))
+
+Weights are quantized here (int8, symmetric, restricted to [-127, 127], per output channel on the
+axis the profile gives); activations get a Q/DQ pair per tensor, shared by every quantized reader;
+biases become int32 with scale s_x * s_w where that fits. Every emitted pair is checked
+(``params.check_pair``). The report lists each quantized node's output SQNR against the float
+model on the calibration data, worst first.
+
+>>> Quantize(calibration="entropy", profile="tensorrt", data=batches)   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Iterable
+
+import numpy as np
+
+from refold.errors import UnsupportedError, UsageError
+from refold.ir.graph import CORE, Graph, Model, Node, Value
+from refold.ir.tensor import Tensor
+from refold.passes.base import RAISED, Option, Pass, PassResult, Reason
+from refold.passes.quantize.calibration import METHODS, MIN_SAMPLES, Calibrator
+from refold.passes.quantize.params import (activation_params, check_pair, quantize_bias, quantize_weight,
+                                           weight_params)
+
+TARGETS = ("conv", "conv_transpose", "gemm", "linear", "matmul")
+PER_CHANNEL_OPSET = 13
+SQNR_BATCHES = 4  # calibration batches kept to measure each layer's error afterwards
+
+
+def _weight_axis(node: Node, w: Value, profile: str) -> int | None:
+    """The output-channel axis of ``node``'s weight, by op and layout (and profile)."""
+    rank = len(w.shape) if w.shape is not None else None
+    if node.op == "conv":
+        return 0
+    if node.op == "conv_transpose":  # [Cin, Cout/g, k...]: ORT quantizes axis 1, TensorRT axis 0
+        return 0 if profile == "tensorrt" else 1
+    if node.op == "gemm":
+        return 0 if node.attrs.get("transB", 0) else 1
+    if node.op == "linear":
+        return 0
+    if node.op == "matmul" and rank is not None and rank >= 2:
+        return rank - 1 if node.inputs[1] is w else rank - 2
+    return None
+
+
+def _weight_index(node: Node) -> int | None:
+    """Which input is the constant weight (None: activations only)."""
+    if node.op in ("conv", "conv_transpose", "linear", "gemm"):
+        w = node.inputs[1]
+        return 1 if w is not None and w.const is not None else None
+    if node.op == "matmul":
+        for i in (1, 0):
+            if node.inputs[i].const is not None:
+                return i
+    return None
+
+
+def _activation_inputs(node: Node) -> list[int]:
+    widx = _weight_index(node)
+    n = 2 if node.op in ("gemm", "matmul") else 1
+    return [i for i in range(n) if i != widx and node.inputs[i] is not None
+            and node.inputs[i].const is None and node.inputs[i].dtype is not None
+            and node.inputs[i].dtype.is_float]
+
+
+# Ops whose new versions up to opset 13 only added types (bfloat16, integers, sequences): same
+# meaning on the tensors a model already uses.
+_TYPE_ONLY = {"Abs", "Add", "Cast", "Ceil", "Concat", "Constant", "Div", "Elu", "Equal", "Erf", "Exp",
+              "Expand", "Flatten", "Floor", "Gather", "GlobalAveragePool", "Greater", "HardSigmoid",
+              "Identity", "LeakyRelu", "Less", "Log", "MatMul", "MaxPool", "Mul", "Neg", "Not", "Pow",
+              "Reciprocal", "Relu", "Shape", "Sigmoid", "Sign", "Size", "Sqrt", "Sub", "Tanh", "Tile",
+              "Transpose", "Where", "Gemm", "Conv", "BatchNormalization", "Reshape", "Slice", "Clip"}
+_LAST_AXIS_SAME = {"Softmax", "LogSoftmax", "Hardmax"}  # before 13: over flattened trailing dims
+
+
+def _opset_blockers(model: Model, target: int) -> list[str]:
+    """ONNX ops whose meaning changes between the model's opset and ``target`` (so the model's
+    opset cannot simply be raised to allow per-channel Q/DQ). Versions that only added types do
+    not count, nor a softmax over the last axis (the same in both definitions)."""
+    import onnx
+
+    have = model.opset
+    if have >= target:
+        return []
+    out = []
+    for n in model.graph.all_nodes():
+        if n.dialect != "onnx" or n.domain not in ("", "ai.onnx"):
+            continue
+        try:
+            a = onnx.defs.get_schema(n.op, have, "").since_version
+            b = onnx.defs.get_schema(n.op, target, "").since_version
+        except Exception:
+            out.append(n.op)
+            continue
+        if a == b or n.op in _TYPE_ONLY:
+            continue
+        if n.op in _LAST_AXIS_SAME:
+            rank = n.inputs[0].rank
+            axis = n.attrs.get("axis", 1)
+            if rank is not None and axis % rank == rank - 1:
+                continue
+        out.append(n.op)
+    return sorted(set(out))
+
+
+class Quantize(Pass):
+    """Insert Q/DQ pairs (static post-training quantization), calibrated on ``data``.
+
+    ``data``: an iterable of feed dicts, tensors or argument tuples, or a DataLoader; each item
+    is one batch (shapes may vary). Read once, as a stream.
+    """
+
+    name = "quantize"
+    description = "insert calibrated QuantizeLinear/DequantizeLinear pairs (int8 QDQ for ONNX Runtime or TensorRT)"
+    requires = frozenset({RAISED})
+    exact = False  # changes outputs by design: the check reports the error, the report the SQNR
+    options = (
+        Option("calibration", str, "minmax", "how activation ranges are chosen", choices=METHODS),
+        Option("percentile", float, 99.999, "for calibration=percentile: the percentile of |x| kept"),
+        Option("profile", str, "ort", "ort: uint8 asymmetric activations, what ONNX Runtime fuses; "
+               "tensorrt: int8 symmetric, zero point 0, no bias quantization", choices=("ort", "tensorrt")),
+        Option("activations", str, "auto", "activation type (auto: uint8 for ort, int8 for tensorrt)",
+               choices=("auto", "uint8", "int8")),
+        Option("per_channel", bool, True, "weights per output channel (else per tensor)"),
+        Option("weight_only", bool, False, "quantize weights only; no calibration data needed"),
+        Option("exclude", str, "", "node names or core op types to leave in float, separated by '+'"),
+    )
+
+    def __init__(self, *args, data: Iterable[Any] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data = data
+
+    def validate(self) -> None:
+        if self.profile == "tensorrt" and self.activations == "uint8":
+            raise UsageError("quantize: profile=tensorrt takes int8 activations (zero point 0), not uint8")
+        if not 0 < self.percentile <= 100:
+            raise UsageError(f"quantize: percentile={self.percentile} is not in (0, 100]")
+
+    # -- the pass ---------------------------------------------------------------------------
+    def call(self, model: Model) -> PassResult:
+        if model.source != "onnx":
+            raise UnsupportedError("quantize: torch models are not supported yet; export to ONNX and "
+                                   "quantize the file (refold run model.onnx -p quantize --data ...)")
+        graph = model.graph
+        excluded = {e.strip() for e in self.exclude.split("+") if e.strip()}
+        skipped: dict[str, Reason] = {}
+        targets = []
+        for n in graph:
+            if n.domain != CORE or n.op not in TARGETS:
+                if n.dialect == "onnx" and n.op in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
+                                                    "QLinearMatMul", "MatMulInteger", "ConvInteger"):
+                    skipped[n.name or n.outputs[0].name] = Reason(
+                        f"{n.op}: the model is already quantized here; left as it is", "already-quantized")
+                continue
+            key = n.name or n.outputs[0].name
+            if key in excluded or n.op in excluded:
+                skipped[key] = Reason("excluded by the user", "excluded")
+            elif any(v is not None and v.producer is not None and v.producer.op in ("dequantize_linear",
+                     "DequantizeLinear") for v in n.inputs):
+                skipped[key] = Reason("already reads dequantized values", "already-quantized")
+            elif not _activation_inputs(n) and _weight_index(n) is None:
+                skipped[key] = Reason("no float input to quantize", "nothing-to-quantize")
+            else:
+                targets.append(n)
+        if not targets:
+            return PassResult(model, False, {"quantized": 0, "not_quantized": skipped})
+
+        per_channel = self.per_channel
+        notes = []
+        if per_channel and model.opset < PER_CHANNEL_OPSET:
+            blockers = _opset_blockers(model, PER_CHANNEL_OPSET)
+            if blockers:  # ranks decide some of them (softmax axes): type what onnx could not
+                from refold.runtime.shapes import infer_shapes
+
+                infer_shapes(model, probe=True)
+                blockers = _opset_blockers(model, PER_CHANNEL_OPSET)
+            if blockers:
+                per_channel = False
+                notes.append(f"per-tensor weights: per-channel Q/DQ needs opset {PER_CHANNEL_OPSET} and "
+                             f"{', '.join(blockers)} change meaning between opset {model.opset} and it")
+            else:
+                old = model.opset
+                model.opset_imports["" if "" in model.opset_imports else "ai.onnx"] = PER_CHANNEL_OPSET
+                notes.append(f"opset raised from {old} to {PER_CHANNEL_OPSET} for per-channel Q/DQ "
+                             f"(no op of the model changes meaning)")
+        if model.opset < 10:
+            raise UnsupportedError(f"quantize: QuantizeLinear needs opset 10; the model is at {model.opset}")
+
+        act_type = self.activations if self.activations != "auto" else (
+            "int8" if self.profile == "tensorrt" else "uint8")
+        symmetric = self.profile == "tensorrt"
+        act_values: dict[str, Value] = {}
+        for n in targets:
+            for i in _activation_inputs(n):
+                act_values.setdefault(n.inputs[i].name, n.inputs[i])
+
+        from refold.runtime import runner_for
+
+        float_runner = runner_for(model) if not self.weight_only or self.data is not None else None
+        kept: list = []
+        ranges: dict[str, tuple[float, float]] = {}
+        if not self.weight_only:
+            if self.data is None:
+                raise UsageError("quantize: calibration needs data: Quantize(data=...) in Python, "
+                                 "--data FILE.npz on the command line (or weight_only=true)")
+            ranges = self._calibrate(float_runner, list(act_values), kept)
+
+        b = _Inserter(graph)
+        dq_of: dict[str, Value] = {}
+        for name, v in act_values.items():
+            if self.weight_only:
+                break
+            lo, hi = ranges[name]
+            scale, zp = activation_params(lo, hi, act_type, symmetric)
+            check_pair(name, scale, zp, None, None)
+            dq_of[name] = b.qdq(v, scale, zp)
+        weights: dict[int, Value] = {}
+        bias_float: dict[str, Reason] = {}
+        quantized = []
+        for n in targets:
+            key = n.name or n.outputs[0].name
+            for i in _activation_inputs(n):
+                if n.inputs[i].name in dq_of:
+                    n.set_input(i, dq_of[n.inputs[i].name])
+            widx = _weight_index(n)
+            w_scale = None
+            if widx is not None:
+                w = n.inputs[widx]
+                axis = _weight_axis(n, w, self.profile) if per_channel else None
+                if axis is not None and n.op == "conv_transpose" and n.attrs.get("group", 1) != 1 \
+                        and self.profile != "tensorrt":
+                    axis = None  # axis 1 holds Cout/group channels: one scale per output channel is not expressible
+                cached = weights.get(id(w))  # a weight shared by several nodes is quantized once
+                if cached is None:
+                    scale, zp = weight_params(w.const.numpy(), axis)
+                    check_pair(w.name, scale, zp, axis, None if axis is None else w.shape[axis])
+                    q = quantize_weight(w.const.numpy(), scale, axis)
+                    cached = b.dequantized_const(w, q, scale, zp, axis)
+                    weights[id(w)] = cached
+                n.set_input(widx, cached)
+                w_scale = cached.producer.inputs[1].const.numpy()
+            self._bias(n, dq_of, w_scale, b, bias_float)
+            b.tag(n, key)
+            quantized.append(key)
+
+        stats: dict[str, Any] = {"quantized": len(quantized), "activations": len(dq_of),
+                                 "weights": len(weights), "calibration": "weight_only" if self.weight_only
+                                 else self.calibration, "profile": self.profile,
+                                 "per_channel": per_channel, "not_quantized": skipped,
+                                 "bias_kept_float": bias_float, "notes": notes}
+        if getattr(self, "_sparse", None):
+            notes.append(f"{len(self._sparse)} activation(s) had under {MIN_SAMPLES} calibration values "
+                         f"and use min/max instead of {self.calibration}")
+        if kept and float_runner is not None:
+            sqnr = self._sqnr(float_runner, model, quantized, targets, kept)
+            stats["sqnr_db"] = sqnr
+            if sqnr:
+                stats["worst_sqnr_db"] = round(min(sqnr.values()), 2)
+        return PassResult(model, True, stats)
+
+    def _calibrate(self, runner, names: list[str], kept: list) -> dict[str, tuple[float, float]]:
+        from refold.progress import StepBar
+
+        cal = Calibrator(names)
+
+        def batches():
+            for i, batch in enumerate(self.data):
+                if i < SQNR_BATCHES:
+                    kept.append(batch)
+                yield batch
+
+        with StepBar("batch") as bar:
+            def update(i, values):
+                cal.update(i, values)
+                if bar.enabled:
+                    bar(i + 1, i + 1, f"calibrating ({self.calibration})")
+
+            count = runner.stream(batches(), update, capture=names, outputs=False)
+        if count == 0:
+            raise UsageError("quantize: the calibration data is empty")
+        kwargs = {"percentile": self.percentile} if self.calibration == "percentile" else {}
+        if self.profile == "tensorrt":  # symmetric int8: 127 levels a side, whatever the sign
+            kwargs["unsigned_levels"] = 127
+        self._sparse = cal.sparse() if self.calibration != "minmax" else []
+        return cal.ranges(self.calibration, **kwargs)
+
+    def _bias(self, n: Node, dq_of: dict[str, Value], w_scale, b: "_Inserter",
+              kept_float: dict[str, Reason]) -> None:
+        """Bias as int32 with scale s_x * s_w (ORT profile); TensorRT takes the bias in float."""
+        bidx = 2 if n.op in ("conv", "conv_transpose", "linear", "gemm") else None
+        if bidx is None or len(n.inputs) <= bidx or n.inputs[bidx] is None or w_scale is None:
+            return
+        bias = n.inputs[bidx]
+        key = n.name or n.outputs[0].name
+        if self.profile == "tensorrt" or bias.const is None:
+            return
+        x = n.inputs[0]
+        if x.producer is None or x.producer.op != "dequantize_linear":
+            return
+        if n.op == "gemm" and (n.attrs.get("alpha", 1.0) != 1.0 or n.attrs.get("beta", 1.0) != 1.0
+                               or len(bias.shape or ()) != 1):
+            kept_float[key] = Reason("gemm bias with alpha/beta or broadcast shape stays float", "bias-layout")
+            return
+        if n.op == "conv_transpose" and n.attrs.get("group", 1) != 1:
+            kept_float[key] = Reason("grouped conv-transpose: bias channels do not follow the weight scale",
+                                     "bias-layout")
+            return
+        x_scale = x.producer.inputs[1].const.numpy()
+        res = quantize_bias(bias.const.numpy(), x_scale, w_scale)
+        if isinstance(res, str):
+            kept_float[key] = Reason(res, "bias-overflow")
+            return
+        q, scale = res
+        check_pair(bias.name, scale, np.zeros(scale.shape, np.int32), 0 if scale.ndim else None,
+                   q.shape[0] if scale.ndim else None)
+        n.set_input(bidx, b.dequantized_const(bias, q, scale, np.zeros(scale.shape, np.int32),
+                                              0 if scale.ndim else None, prefix="bias"))
+
+    def _sqnr(self, float_runner, model: Model, quantized: list[str], targets: list[Node],
+              kept: list) -> dict[str, float]:
+        """Each quantized node's output SQNR (dB) against the float model, worst first."""
+        from refold.runtime import runner_for
+
+        names = [n.outputs[0].name for n in targets]
+        try:
+            q_runner = runner_for(model)
+        except Exception:
+            return {}
+        sig = {k: 0.0 for k in names}
+        err = {k: 0.0 for k in names}
+        for batch in kept:
+            a = float_runner.run(batch, capture=names)
+            b = q_runner.run(batch, capture=names)
+            for k in names:
+                ref = np.asarray(a[k], np.float64)
+                got = np.asarray(b[k], np.float64)
+                sig[k] += float((ref ** 2).sum())
+                err[k] += float(((ref - got) ** 2).sum())
+        out = {}
+        for key, k in zip(quantized, names):
+            out[key] = round(10 * math.log10(sig[k] / err[k]), 2) if err[k] > 0 and sig[k] > 0 else math.inf
+        return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+class _Inserter:
+    """Creates the Q/DQ nodes and quantized constants, with fresh names and provenance."""
+
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.counter = itertools.count()
+
+    def _const(self, arr: np.ndarray, prefix: str) -> Value:
+        return self.graph.add_const(Tensor.from_array(np.asarray(arr)), prefix=prefix)
+
+    def _node(self, op: str, inputs: list, anchor: Node | None, axis: int | None, source: str) -> Value:
+        attrs = {"axis": axis} if axis is not None else {}
+        node = Node(op, inputs, attrs, domain=CORE, name=self.graph.unique_name(f"{source}_{op}"),
+                    outputs=[self.graph.unique_name(f"{source}_{'q' if op.startswith('q') else 'dq'}")])
+        node.meta["provenance"] = {"rule": "quantize", "sources": [source]}
+        if anchor is None:
+            self._first(node)
+        else:
+            self.graph.insert_after(anchor, node)
+        return node.outputs[0]
+
+    def _first(self, node: Node) -> None:
+        first = next(iter(self.graph), None)
+        if first is None:
+            self.graph.append(node)
+        else:
+            self.graph.insert_before(first, node)
+
+    def qdq(self, v: Value, scale: np.ndarray, zp: np.ndarray) -> Value:
+        """x -> Q -> DQ right after x's producer (or at the top for a graph input)."""
+        s, z = self._const(scale, f"{v.name}_scale"), self._const(zp, f"{v.name}_zero_point")
+        q = self._node("quantize_linear", [v, s, z], v.producer, None, v.name)
+        dq = self._node("dequantize_linear", [q, s, z], q.producer, None, v.name)
+        q.dtype, q.shape = _dtype_of(zp), v.shape
+        dq.dtype, dq.shape = v.dtype, v.shape
+        return dq
+
+    def dequantized_const(self, w: Value, q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
+                          axis: int | None, prefix: str = "weight") -> Value:
+        """DQ(W_q, s, z) placed at the top of the graph: the int8 weight the file stores."""
+        wq = self._const(q, f"{w.name}_quantized")
+        s, z = self._const(scale, f"{w.name}_scale"), self._const(zp, f"{w.name}_zero_point")
+        wq.meta["provenance"] = {"rule": "quantize", "sources": [w.name]}
+        dq = self._node("dequantize_linear", [wq, s, z], None, axis if np.ndim(scale) else None, w.name)
+        dq.dtype, dq.shape = w.dtype, w.shape
+        return dq
+
+    def tag(self, n: Node, key: str) -> None:
+        n.meta.setdefault("provenance", {"rule": "quantize", "sources": [key]})
+
+
+def _dtype_of(arr: np.ndarray):
+    from refold.ir.dtypes import DType
+
+    return DType.from_numpy(np.asarray(arr).dtype)

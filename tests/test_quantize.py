@@ -1,0 +1,204 @@
+"""quantize: calibrated QDQ on real models (PP-OCR cls keeps its orientation decisions), the
+TensorRT profile's invariants on every pair, per-channel axes by op and layout, and each
+quantization bug peers shipped (../shared/PEERS.md, BAD_INPUTS 14 and 21)."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import refold
+import zoo
+from refold import cli
+from refold.errors import UsageError
+from refold.passes import PassManager, Quantize
+from refold.runtime.ort import OrtRunner
+
+
+def _cls_data(n=24):
+    crops = zoo.text_crops(n)
+    return [{"x": zoo.cls_input(c)} for c in crops] + [{"x": zoo.cls_input(c[::-1, ::-1].copy())} for c in crops[:8]]
+
+
+def _decisions(proto, crops):
+    r = OrtRunner(proto)
+    out = []
+    for c in crops:
+        for img in (c, c[::-1, ::-1].copy()):
+            out.append(int(next(iter(r.run({"x": zoo.cls_input(img)}).values())).argmax()))
+    return out
+
+
+def _pairs(proto):
+    """(DequantizeLinear node, its scale, zero point, quantized input array or None) for every DQ."""
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    for n in proto.graph.node:
+        if n.op_type == "DequantizeLinear":
+            axis = next((a.i for a in n.attribute if a.name == "axis"), None)
+            yield n, inits[n.input[1]], inits[n.input[2]] if len(n.input) > 2 else None, inits.get(n.input[0]), axis
+
+
+@pytest.mark.parametrize("profile", ["ort", "tensorrt"])
+def test_ppocr_cls_keeps_its_orientation_decisions(profile, tmp_path):
+    src = zoo.ppocr_path("cls")
+    proto, report = refold.optimize(src, passes=[Quantize(calibration="percentile", profile=profile,
+                                                          data=_cls_data())])
+    st = report.record("quantize").stats
+    assert st["quantized"] == 54 and st["per_channel"] is True  # every conv and the classifier
+    onnx.checker.check_model(proto, full_check=True)
+    test = zoo.text_crops(12, seed=5)
+    expected = [0, 1] * len(test)
+    float_right = sum(a == b for a, b in zip(_decisions(onnx.load(src), test), expected))
+    quant_right = sum(a == b for a, b in zip(_decisions(proto, test), expected))
+    assert quant_right >= float_right - 1, (quant_right, float_right)
+    up = zoo.text_crop()
+    assert _decisions(proto, [up]) == [0, 1]  # the canonical crop, upright and rotated
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("QuantizeLinear") == st["activations"] and "BatchNormalization" in ops
+    sqnr = st["sqnr_db"]
+    assert list(sqnr.values()) == sorted(sqnr.values()) and st["worst_sqnr_db"] > 5  # worst first
+
+
+def test_tensorrt_profile_invariants_on_every_pair():
+    proto, report = refold.optimize(zoo.ppocr_path("cls"), passes=[Quantize(profile="tensorrt", data=_cls_data(8))])
+    seen = 0
+    conv_bias = {n.input[2] for n in proto.graph.node if n.op_type == "Conv" and len(n.input) > 2}
+    dq_out = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    assert not (conv_bias & dq_out)  # no DQ on a bias input
+    for n, scale, zp, q, axis in _pairs(proto):
+        seen += 1
+        assert np.all(scale > 0) and np.all(np.isfinite(scale))
+        assert zp is not None and zp.dtype == np.int8 and not np.any(zp)  # symmetric: zero point 0
+        if scale.ndim == 1 and scale.size > 1:
+            assert axis is not None and q is not None and q.shape[axis] == scale.size
+        if q is not None:
+            assert q.dtype == np.int8 and q.min() >= -127  # restricted range
+    for n in proto.graph.node:
+        if n.op_type == "QuantizeLinear":
+            assert numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == n.input[2])).dtype == np.int8
+    assert seen == report.record("quantize").stats["activations"] + report.record("quantize").stats["weights"]
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    g = helper.make_graph(nodes, "g", inputs, outputs, inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _data(shape, n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _axis_of(proto, weight):
+    for n, scale, zp, q, axis in _pairs(proto):
+        if n.input[0].startswith(weight):
+            return axis, scale.shape
+    raise AssertionError(f"no DQ for {weight}")
+
+
+@pytest.mark.parametrize("profile,axis", [("ort", 1), ("tensorrt", 0)])
+def test_conv_transpose_axis_follows_the_profile(profile, axis):
+    # weights are [Cin, Cout/g, k, k]: ORT quantizes axis 1 (onnxruntime#19694), TensorRT axis 0 (TensorRT#2380)
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 6, 3, 3)).astype(np.float32), "w")
+    b = numpy_helper.from_array(np.random.default_rng(1).standard_normal(6).astype(np.float32), "b")
+    m = _model([helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"])], [_vi("x", [1, 4, 5, 5])],
+               [_vi("y", [1, 6, 7, 7])], [w, b])
+    proto, _ = refold.optimize(m, passes=[Quantize(profile=profile, data=_data((1, 4, 5, 5)))])
+    got_axis, shape = _axis_of(proto, "w")
+    assert got_axis == axis and shape == ((6,) if axis == 1 else (4,))
+
+
+@pytest.mark.parametrize("trans_b,axis", [(1, 0), (0, 1)])
+def test_gemm_axis_follows_trans_b(trans_b, axis):
+    shape = (5, 3) if trans_b else (3, 5)
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal(shape).astype(np.float32), "w")
+    m = _model([helper.make_node("Gemm", ["x", "w"], ["y"], transB=trans_b)], [_vi("x", [2, 3])],
+               [_vi("y", [2, 5])], [w])
+    proto, _ = refold.optimize(m, passes=[Quantize(data=_data((2, 3)))])
+    assert _axis_of(proto, "w") == (axis, (5,))
+
+
+def test_shared_weight_quantized_once_and_names_never_collide():
+    # Paddle#47587 (a weight shared by two nodes quantized twice); onnxruntime#24705 (a generated
+    # name collided with an existing one): 'w_scale' already exists in the model
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "w")
+    trap = numpy_helper.from_array(np.ones(4, np.float32), "w_scale")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["b"]), helper.make_node("Add", ["b", "w_scale"], ["y"])]
+    m = _model(nodes, [_vi("x", [2, 4])], [_vi("y", [2, 4])], [w, trap])
+    proto, report = refold.optimize(m, passes=[Quantize(data=_data((2, 4)))])
+    assert report.record("quantize").stats["weights"] == 1
+    assert sum(n.op_type == "DequantizeLinear" and n.input[0].startswith("w_quantized") for n in proto.graph.node) == 1
+    names = [t.name for t in proto.graph.initializer]
+    assert len(names) == len(set(names))
+    onnx.checker.check_model(proto, full_check=True)
+
+
+def test_all_zero_channel_and_int32_bias_overflow():
+    # coremltools#2851: an all-zero channel gave scale 0; onnxruntime#22020: a tiny weight scale
+    # overflowed the int32 bias. Here channel 1 is all zero and channel 2 tiny with a large bias.
+    wa = np.random.default_rng(0).standard_normal((3, 2, 1, 1)).astype(np.float32)
+    wa[1] = 0
+    wa[2] = 1e-12
+    w = numpy_helper.from_array(wa, "w")
+    b = numpy_helper.from_array(np.array([0.1, 0.2, 1e4], np.float32), "b")
+    m = _model([helper.make_node("Conv", ["x", "w", "b"], ["y"])], [_vi("x", [1, 2, 4, 4])],
+               [_vi("y", [1, 3, 4, 4])], [w, b])
+    proto, report = refold.optimize(m, passes=[Quantize(data=_data((1, 2, 4, 4)))])
+    st = report.record("quantize").stats
+    assert list(st["bias_kept_float"].values())[0].code == "bias-overflow"
+    for n, scale, zp, q, axis in _pairs(proto):
+        assert np.all(scale > 0)
+    x = _data((1, 2, 4, 4), 1, seed=3)[0]
+    ref, got = OrtRunner(m).run(x)["y"], OrtRunner(proto).run(x)["y"]
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
+def test_already_quantized_model_is_left_alone_and_reported():
+    wq = numpy_helper.from_array(np.ones((4, 4), np.int8), "wq")
+    s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    z = numpy_helper.from_array(np.array(0, np.int8), "z")
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "s", "z"], ["w"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    m = _model(nodes, [_vi("x", [2, 4])], [_vi("y", [2, 4])], [wq, s, z])
+    proto, report = refold.optimize(m, passes=[Quantize(data=_data((2, 4)))])
+    st = report.record("quantize").stats
+    assert st["quantized"] == 0 and any(r.code == "already-quantized" for r in st["not_quantized"].values())
+    assert [n.op_type for n in proto.graph.node] == ["DequantizeLinear", "MatMul"]
+
+
+def test_calibration_takes_variable_shapes_and_the_cli_takes_npz(tmp_path, capsys):
+    # onnxruntime#18792 / optimum#409: histogram calibrators broke on varying sequence length / batch
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32), "w")
+    m = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+               [_vi("x", ["batch", "seq", 8])], [_vi("y", ["batch", "seq", 8])], [w])
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((b, s, 8)).astype(np.float32)} for b, s in ((1, 3), (4, 9), (2, 17))]
+    for method in ("minmax", "percentile", "entropy", "mse"):
+        _, report = refold.optimize(m, passes=[Quantize(calibration=method, data=data)])
+        assert report.record("quantize").stats["quantized"] == 1
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((16, 5, 8)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    assert cli.main(["run", str(path), "-p", "quantize:calibration=entropy,profile=tensorrt",
+                     "--data", str(tmp_path / "calib.npz"), "-o", str(out)]) == 0
+    assert "quantize" in capsys.readouterr().out
+    assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(out)).graph.node) == 1
+
+
+def test_missing_data_and_bad_options_are_usage_errors(tmp_path, capsys):
+    with pytest.raises(UsageError, match="calibration needs data"):
+        PassManager([Quantize()], check=False).run(refold.load(zoo.ppocr_path("cls")))
+    with pytest.raises(UsageError, match="int8 activations"):
+        Quantize(profile="tensorrt", activations="uint8")
+    out = tmp_path / "o.onnx"
+    assert cli.main(["run", "example:tiny_cnn", "-p", "quantize", "-o", str(out)]) == 2
+    assert cli.main(["run", "example:tiny_cnn", "-p", "dce", "--data", str(tmp_path), "-o", str(out)]) == 2
+    assert not out.exists()
