@@ -45,7 +45,8 @@ def test_ppocr_cls_keeps_its_orientation_decisions(profile, tmp_path):
     proto, report = refold.optimize(src, passes=[Quantize(calibration="percentile", profile=profile,
                                                           data=_cls_data())])
     st = report.record("quantize").stats
-    assert st["quantized"] == 54 and st["per_channel"] is True  # every conv and the classifier
+    # every conv and the classifier; under tensorrt also the 25 residual adds
+    assert st["quantized"] == (79 if profile == "tensorrt" else 54) and st["per_channel"] is True
     onnx.checker.check_model(proto, full_check=True)
     test = zoo.text_crops(12, seed=5)
     expected = [0, 1] * len(test)
@@ -202,3 +203,16 @@ def test_missing_data_and_bad_options_are_usage_errors(tmp_path, capsys):
     assert cli.main(["run", "example:tiny_cnn", "-p", "quantize", "-o", str(out)]) == 2
     assert cli.main(["run", "example:tiny_cnn", "-p", "dce", "--data", str(tmp_path), "-o", str(out)]) == 2
     assert not out.exists()
+
+
+def test_tensorrt_profile_quantizes_both_branches_of_residual_adds():
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.2, "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["x", "c"], ["y"])]
+    m = _model(nodes, [_vi("x", [1, 4, 6, 6])], [_vi("y", [1, 4, 6, 6])], [w])
+    for profile, expect in (("tensorrt", 2), ("ort", 0)):
+        proto, _ = refold.optimize(m, passes=[Quantize(profile=profile, data=_data((1, 4, 6, 6)))])
+        add = next(n for n in proto.graph.node if n.op_type == "Add")
+        producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+        assert sum(producers.get(i) == "DequantizeLinear" for i in add.input) == expect, profile

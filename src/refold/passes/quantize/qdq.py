@@ -62,7 +62,7 @@ def _weight_index(node: Node) -> int | None:
 
 def _activation_inputs(node: Node) -> list[int]:
     widx = _weight_index(node)
-    n = 2 if node.op in ("gemm", "matmul") else 1
+    n = 2 if node.op in ("gemm", "matmul", "add") else 1
     return [i for i in range(n) if i != widx and node.inputs[i] is not None
             and node.inputs[i].const is None and node.inputs[i].dtype is not None
             and node.inputs[i].dtype.is_float]
@@ -129,6 +129,8 @@ class Quantize(Pass):
         Option("per_channel", bool, True, "weights per output channel (else per tensor)"),
         Option("weight_only", bool, False, "quantize weights only; no calibration data needed"),
         Option("exclude", str, "", "node names or core op types to leave in float, separated by '+'"),
+        Option("adds", str, "auto", "quantize both inputs of residual adds (auto: for tensorrt, which "
+               "wants Q/DQ on the residual branch to fuse conv+add)", choices=("auto", "on", "off")),
     )
 
     def __init__(self, *args, data: Iterable[Any] | None = None, **kwargs):
@@ -150,7 +152,11 @@ class Quantize(Pass):
         excluded = {e.strip() for e in self.exclude.split("+") if e.strip()}
         skipped: dict[str, Reason] = {}
         targets = []
+        adds = self.adds == "on" or (self.adds == "auto" and self.profile == "tensorrt")
         for n in graph:
+            if adds and n.domain == CORE and n.op == "add" and len(_activation_inputs(n)) == 2:
+                targets.append(n)  # x + f(x): both branches quantized, one scale each
+                continue
             if n.domain != CORE or n.op not in TARGETS:
                 if n.dialect == "onnx" and n.op in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
                                                     "QLinearMatMul", "MatMulInteger", "ConvInteger"):
