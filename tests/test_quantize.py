@@ -216,3 +216,30 @@ def test_tensorrt_profile_quantizes_both_branches_of_residual_adds():
         add = next(n for n in proto.graph.node if n.op_type == "Add")
         producers = {o: n.op_type for n in proto.graph.node for o in n.output}
         assert sum(producers.get(i) == "DequantizeLinear" for i in add.input) == expect, profile
+
+
+def test_a_transformer_quantized_in_torch_and_in_onnx_gives_the_same_outputs(tmp_path):
+    import torch
+
+    model, inputs = zoo.tiny_hf_model("bert")
+    module = zoo.last_hidden(model).eval()
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(0, 99, (1, 8)) for _ in range(8)]
+    # torch fuses attention (scaled_dot_product_attention), ONNX spells it out: quantize the
+    # linear layers in both, so both worlds quantize the same twelve nodes
+    gm, rep_t = refold.optimize(module, inputs, passes=[Quantize(attention=False, data=[(torch.from_numpy(i),) for i in ids])])
+    path = str(tmp_path / "bert.onnx")
+    torch.onnx.export(module, inputs, path, dynamo=False, opset_version=17, input_names=["input"],
+                      output_names=["output"])
+    proto, rep_o = refold.optimize(path, passes=[Quantize(attention=False, data=[{"input": i} for i in ids])])
+    st_t, st_o = rep_t.record("quantize").stats, rep_o.record("quantize").stats
+    assert st_t["quantized"] == st_o["quantized"] == 12
+    assert any("quantized_decomposed" in str(n.target) for n in gm.graph.nodes)  # PT2E's representation
+    x = rng.integers(0, 99, (1, 8))
+    with torch.no_grad():
+        y_torch = gm(torch.from_numpy(x)).numpy()
+        y_float = module(torch.from_numpy(x)).numpy()
+    y_onnx = OrtRunner(proto).run({"input": x})["output"]
+    quant_err = np.abs(y_torch - y_float).max()
+    assert quant_err > 1e-5  # it did quantize
+    assert np.abs(y_torch - y_onnx).max() < 0.1 * quant_err, (np.abs(y_torch - y_onnx).max(), quant_err)

@@ -124,7 +124,32 @@ def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
     if op == "reduce_mean":
         axes = a.get("axes")
         return call(aten.mean.dim, (arg(0), list(axes) if axes else None, bool(a.get("keepdims", 1))))
+    if op in ("quantize_linear", "dequantize_linear"):
+        return _qdq(g, node, ins)
     raise UnsupportedError(f"{node.label()}: no ATen lowering for core.{op}")
+
+
+def _qdq(g: fx.Graph, node: Node, ins: list) -> fx.Node:
+    """core Q/DQ as PT2E's ``quantized_decomposed`` ops: per tensor, or per channel on ``axis``."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
+
+    qd = torch.ops.quantized_decomposed
+    zp = node.inputs[2] if len(node.inputs) > 2 else None
+    if zp is None or zp.dtype is None:
+        raise UnsupportedError(f"{node.label()}: Q/DQ without a typed zero point")
+    dtype = zp.dtype.torch()
+    info = torch.iinfo(dtype)
+    scale = node.inputs[1]
+    per_channel = scale.shape is not None and len(scale.shape) == 1 and scale.shape[0] > 1
+    quant = node.op == "quantize_linear"
+    if per_channel:
+        x_rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+        axis = node.attrs.get("axis", 1)
+        axis = axis % x_rank if x_rank else axis
+        fn = qd.quantize_per_channel.default if quant else qd.dequantize_per_channel.default
+        return g.call_function(fn, (ins[0], ins[1], ins[2], axis, info.min, info.max, dtype))
+    fn = qd.quantize_per_tensor.tensor if quant else qd.dequantize_per_tensor.tensor
+    return g.call_function(fn, (ins[0], ins[1], ins[2], info.min, info.max, dtype))
 
 
 __all__ = ["lower_core_node"]

@@ -129,6 +129,7 @@ class Quantize(Pass):
         Option("per_channel", bool, True, "weights per output channel (else per tensor)"),
         Option("weight_only", bool, False, "quantize weights only; no calibration data needed"),
         Option("exclude", str, "", "node names or core op types to leave in float, separated by '+'"),
+        Option("attention", bool, True, "quantize matmuls of two activations (attention scores and context)"),
         Option("adds", str, "auto", "quantize both inputs of residual adds (auto: for tensorrt, which "
                "wants Q/DQ on the residual branch to fuse conv+add)", choices=("auto", "on", "off")),
     )
@@ -145,9 +146,6 @@ class Quantize(Pass):
 
     # -- the pass ---------------------------------------------------------------------------
     def call(self, model: Model) -> PassResult:
-        if model.source != "onnx":
-            raise UnsupportedError("quantize: torch models are not supported yet; export to ONNX and "
-                                   "quantize the file (refold run model.onnx -p quantize --data ...)")
         graph = model.graph
         excluded = {e.strip() for e in self.exclude.split("+") if e.strip()}
         skipped: dict[str, Reason] = {}
@@ -171,6 +169,8 @@ class Quantize(Pass):
                 skipped[key] = Reason("already reads dequantized values", "already-quantized")
             elif not _activation_inputs(n) and _weight_index(n) is None:
                 skipped[key] = Reason("no float input to quantize", "nothing-to-quantize")
+            elif n.op == "matmul" and _weight_index(n) is None and not self.attention:
+                skipped[key] = Reason("a matmul of two activations (attention=false)", "excluded")
             else:
                 targets.append(n)
         if not targets:
@@ -207,14 +207,14 @@ class Quantize(Pass):
 
         from refold.runtime import runner_for
 
-        float_runner = runner_for(model) if not self.weight_only or self.data is not None else None
-        kept: list = []
+        kept: list = []  # (batch, float outputs of every target) for the first few batches
         ranges: dict[str, tuple[float, float]] = {}
         if not self.weight_only:
             if self.data is None:
                 raise UsageError("quantize: calibration needs data: Quantize(data=...) in Python, "
                                  "--data FILE.npz on the command line (or weight_only=true)")
-            ranges = self._calibrate(float_runner, list(act_values), kept)
+            outs = list(dict.fromkeys(n.outputs[0].name for n in targets))
+            ranges = self._calibrate(runner_for(model), list(act_values), outs, kept)
 
         b = _Inserter(graph)
         dq_of: dict[str, Value] = {}
@@ -262,31 +262,35 @@ class Quantize(Pass):
         if getattr(self, "_sparse", None):
             notes.append(f"{len(self._sparse)} activation(s) had under {MIN_SAMPLES} calibration values "
                          f"and use min/max instead of {self.calibration}")
-        if kept and float_runner is not None:
-            sqnr = self._sqnr(float_runner, model, quantized, targets, kept)
+        if kept:
+            sqnr = self._sqnr(model, quantized, targets, kept)
             stats["sqnr_db"] = sqnr
             if sqnr:
                 stats["worst_sqnr_db"] = round(min(sqnr.values()), 2)
         return PassResult(model, True, stats)
 
-    def _calibrate(self, runner, names: list[str], kept: list) -> dict[str, tuple[float, float]]:
+    def _calibrate(self, runner, names: list[str], outputs: list[str], kept: list) -> dict[str, tuple[float, float]]:
         from refold.progress import StepBar
 
         cal = Calibrator(names)
+        batches: list = []
 
-        def batches():
+        def stream():
             for i, batch in enumerate(self.data):
                 if i < SQNR_BATCHES:
-                    kept.append(batch)
+                    batches.append(batch)
                 yield batch
 
         with StepBar("batch") as bar:
             def update(i, values):
                 cal.update(i, values)
+                if i < SQNR_BATCHES:  # the float outputs the quantized model is measured against
+                    kept.append((batches[i], {k: _numpy(values[k]) for k in outputs}))
                 if bar.enabled:
                     bar(i + 1, i + 1, f"calibrating ({self.calibration})")
 
-            count = runner.stream(batches(), update, capture=names, outputs=False)
+            count = runner.stream(stream(), update, capture=list(dict.fromkeys(names + outputs)),
+                                  outputs=False)
         if count == 0:
             raise UsageError("quantize: the calibration data is empty")
         kwargs = {"percentile": self.percentile} if self.calibration == "percentile" else {}
@@ -327,8 +331,7 @@ class Quantize(Pass):
         n.set_input(bidx, b.dequantized_const(bias, q, scale, np.zeros(scale.shape, np.int32),
                                               0 if scale.ndim else None, prefix="bias"))
 
-    def _sqnr(self, float_runner, model: Model, quantized: list[str], targets: list[Node],
-              kept: list) -> dict[str, float]:
+    def _sqnr(self, model: Model, quantized: list[str], targets: list[Node], kept: list) -> dict[str, float]:
         """Each quantized node's output SQNR (dB) against the float model, worst first."""
         from refold.runtime import runner_for
 
@@ -339,12 +342,11 @@ class Quantize(Pass):
             return {}
         sig = {k: 0.0 for k in names}
         err = {k: 0.0 for k in names}
-        for batch in kept:
-            a = float_runner.run(batch, capture=names)
+        for batch, ref_outs in kept:
             b = q_runner.run(batch, capture=names)
             for k in names:
-                ref = np.asarray(a[k], np.float64)
-                got = np.asarray(b[k], np.float64)
+                ref = np.asarray(ref_outs[k], np.float64)
+                got = np.asarray(_numpy(b[k]), np.float64)
                 sig[k] += float((ref ** 2).sum())
                 err[k] += float(((ref - got) ** 2).sum())
         out = {}
@@ -402,6 +404,12 @@ class _Inserter:
 
     def tag(self, n: Node, key: str) -> None:
         n.meta.setdefault("provenance", {"rule": "quantize", "sources": [key]})
+
+
+def _numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().float().numpy()
+    return np.asarray(x)
 
 
 def _dtype_of(arr: np.ndarray):
