@@ -243,3 +243,37 @@ def test_a_transformer_quantized_in_torch_and_in_onnx_gives_the_same_outputs(tmp
     quant_err = np.abs(y_torch - y_float).max()
     assert quant_err > 1e-5  # it did quantize
     assert np.abs(y_torch - y_onnx).max() < 0.1 * quant_err, (np.abs(y_torch - y_onnx).max(), quant_err)
+
+
+def test_quantization_parameters_peers_got_wrong():
+    from refold.passes.quantize.params import TINY, activation_params, weight_params
+
+    scale, zp = activation_params(-1.0, 3.0, "uint8", symmetric=True)  # onnxruntime#25823: 127
+    assert zp == 128 and zp.dtype == np.uint8 and np.isclose(scale, 3.0 / 127.5)
+    scale, zp = activation_params(-1.0, 3.0, "uint8", symmetric=False)
+    assert zp.dtype == np.uint8 and np.isclose(scale, 4.0 / 255) and zp == round(1.0 / (4.0 / 255))
+    assert activation_params(0.0, 0.0, "int8", symmetric=True)[0] == np.float32(TINY)  # never 0
+    s, z = weight_params(np.zeros((3, 2)), axis=0)
+    assert np.all(s == np.float32(TINY)) and z.dtype == np.int8
+
+
+def test_tensorrt_profile_on_attention_is_symmetric_everywhere_and_keeps_activations(tmp_path):
+    # onnxruntime#14626: Softmax output stayed asymmetric, which TensorRT rejects; #9425/#11660:
+    # a Relu removed after Q is wrong for symmetric activations
+    import torch
+
+    model, inputs = zoo.tiny_hf_model("bert")
+    path = str(tmp_path / "bert.onnx")
+    torch.onnx.export(zoo.last_hidden(model).eval(), inputs, path, dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["output"])
+    rng = np.random.default_rng(0)
+    proto, report = refold.optimize(path, passes=[Quantize(profile="tensorrt", data=[
+        {"input": rng.integers(0, 99, (1, 8))} for _ in range(4)])])
+    softmax_out = {n.output[0] for n in proto.graph.node if n.op_type == "Softmax"}
+    q_inputs = {n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"}
+    assert softmax_out & q_inputs  # the attention probabilities are quantized ...
+    for n, scale, zp, q, axis in _pairs(proto):
+        assert zp is None or not np.any(zp)  # ... with zero point 0, like every other tensor
+    before = [n.op_type for n in onnx.load(path).graph.node if n.op_type in ("Relu", "Erf", "Softmax")]
+    after = [n.op_type for n in proto.graph.node if n.op_type in ("Relu", "Erf", "Softmax")]
+    assert before == after
