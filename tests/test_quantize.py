@@ -277,3 +277,14 @@ def test_tensorrt_profile_on_attention_is_symmetric_everywhere_and_keeps_activat
     before = [n.op_type for n in onnx.load(path).graph.node if n.op_type in ("Relu", "Erf", "Softmax")]
     after = [n.op_type for n in proto.graph.node if n.op_type in ("Relu", "Erf", "Softmax")]
     assert before == after
+
+
+def test_weight_only_needs_no_data_and_exclude_keeps_nodes_float(tmp_path):
+    out = tmp_path / "w.onnx"
+    assert cli.main(["run", zoo.ppocr_path("cls"), "-p", "quantize:weight_only=true,exclude=matmul", "-o", str(out)]) == 0
+    proto = onnx.load(str(out))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 53  # the 53 conv weights
+    matmul = next(n for n in proto.graph.node if n.op_type == "MatMul")
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert all(producers.get(i) != "DequantizeLinear" for i in matmul.input)
