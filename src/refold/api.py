@@ -27,7 +27,8 @@ def resolve_path(src: str) -> str:
     return example_path(src.split(":", 1)[1]) if src.startswith("example:") else src
 
 
-def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False) -> Model:
+def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False,
+         dynamic_shapes: Any = "auto") -> Model:
     """Load a model into refold IR.
 
     >>> m = load(example_path())           # an ONNX path or ModelProto
@@ -36,6 +37,10 @@ def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False) -> M
 
     Also: an ``nn.Module`` with ``example_inputs``, an ExportedProgram, a ``.pt2`` file; a
     TorchScript file only with ``trust_code=True``; ``.pt`` pickles only as weights.
+
+    An ``nn.Module`` is captured with torch.export, every dim of its tensor inputs dynamic where
+    the model allows (``dynamic_shapes="auto"``); ``dynamic_shapes`` as torch.export takes it sets
+    them instead, and None, False or ``{}`` pins every dim to the example's.
     """
     import onnx
 
@@ -67,7 +72,7 @@ def load(src: Any, example_inputs: Any = None, *, trust_code: bool = False) -> M
             raise UsageError(f"refold.load: a {type(src).__name__} needs example_inputs to be captured")
         from refold.frontends.torch.importer import import_module
 
-        return import_module(src, example_inputs)
+        return import_module(src, example_inputs, dynamic_shapes=dynamic_shapes)
     raise UnsupportedError(f"refold.load: cannot load a {type(src).__name__}; give an ONNX path or "
                            f"ModelProto, an nn.Module with example inputs, or an ExportedProgram")
 
@@ -119,21 +124,26 @@ def snapshot_of(model: Model, title: str = "before"):
 
 def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass] | None = None, *,
              check: bool = True, atol: float = 1e-4, rtol: float = 1e-4, probe=None,
-             dims: dict[str, int] | None = None, snapshot: bool = True) -> tuple[Any, Report]:
+             dims: dict[str, int] | None = None, snapshot: bool = True,
+             dynamic_shapes: Any = "auto") -> tuple[Any, Report]:
     """Run passes and give back the same kind of thing: an ``onnx.ModelProto`` for ONNX input, a
     trainable ``torch.fx.GraphModule`` for an ``nn.Module`` (captured with ``example_inputs``).
 
     ``passes`` are names from ``refold passes`` or Pass instances; None runs the default pipeline
-    (shape inference, constant folding, CSE, DCE); ``[]`` runs nothing. With ``check`` every pass
+    (shape inference, constant folding, CSE, DCE; no shape inference for an ``nn.Module``, whose
+    values torch.export typed); ``[]`` runs nothing. With ``check`` every pass
     is compared numerically with the graph before it on probe inputs. With ``snapshot`` the
     report keeps a data-free view of the input graph: ``report.diff()`` and ``report.to_html()``.
+    ``dynamic_shapes``: for an ``nn.Module``, as in :func:`load` (dims dynamic by default).
 
     >>> proto, report = optimize(example_path(), passes=["fold-constants", "dce"])
     >>> report.passes[0].name
     'fold-constants'
     """
-    ir = load(model, example_inputs)
+    ir = load(model, example_inputs, dynamic_shapes=dynamic_shapes)
     names = DEFAULT_PIPELINE if passes is None else passes
+    if passes is None and ir.source == "torch":  # torch.export typed every value already
+        names = tuple(p for p in DEFAULT_PIPELINE if p != "infer-shapes")
     from refold.progress import StepBar
 
     count = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx as fx
 
@@ -31,9 +32,16 @@ def _assign(root: torch.nn.Module, dotted: str, value, kind: str, persistent=Tru
         setattr(mod, leaf, value)
 
 
+def _numel(x) -> int:
+    return x.numel() if isinstance(x, torch.Tensor) else int(x.size)
+
+
 def _rebuild(struct: Any, inputs: list) -> Any:
     if isinstance(struct, TensorArg):
-        return inputs[struct.index]
+        x = inputs[struct.index]
+        if struct.scalar and isinstance(x, (torch.Tensor, np.ndarray)) and _numel(x) == 1:
+            return x.item()  # a number (a symbolic size) a runner carried as a 1-element array
+        return x
     if isinstance(struct, (list, tuple)):
         return type(struct)(_rebuild(x, inputs) for x in struct)
     if isinstance(struct, dict):
@@ -48,19 +56,27 @@ def to_graph_module(model: Model) -> fx.GraphModule:
     env: dict[int, fx.Node] = {}
     g = model.graph
     names = {}
+    state: list[tuple[str, Any, str, bool]] = []  # (name, tensor, kind, persistent)
     for v in g.inputs:
         env[id(v)] = graph.placeholder(v.name)
-    for v, target in _targets(g).items():
+    for v, targets in _targets(g, model.meta.get("torch.aliases") or {},
+                               model.meta.get("torch.originals") or ()).items():
         if v.kind == "submodule":
-            root.add_module(target, v.meta["torch.module"])
+            root.add_module(targets[0], v.meta["torch.module"])
         elif v.kind == "param":
             t = v.const.torch()
-            _assign(root, target, t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(
-                t, requires_grad=v.meta.get("requires_grad", True)), "param")
+            t = t if isinstance(t, torch.nn.Parameter) else torch.nn.Parameter(
+                t, requires_grad=v.meta.get("requires_grad", True))
+            state += [(target, t, "param", True) for target in targets]  # tied: one Parameter
         else:
-            _assign(root, target, v.const.torch(), v.kind if v.kind == "buffer" else "const",
-                    v.meta.get("torch.persistent", True))
-        names[id(v)] = target
+            # a buffer keeps its persistence; a constant (lifted or made by a pass) is a
+            # non-persistent buffer: it moves with .to() and is not in the state_dict
+            persistent = v.kind == "buffer" and "torch.target" in v.meta and \
+                v.meta.get("torch.persistent", True) is not False
+            state += [(target, v.const.torch(), "buffer", persistent) for target in targets]
+        names[id(v)] = targets[0]
+    for target, t, kind, persistent in state:
+        _assign(root, target, t, kind, persistent)
     for node in g:
         ins = []
         for v in node.inputs:
@@ -93,34 +109,88 @@ def to_graph_module(model: Model) -> fx.GraphModule:
 
         graph._codegen = _PyTreeCodeGen(_PyTreeInfo(model.meta.get("torch.user_inputs", []), in_spec, out_spec))
     gm = fx.GraphModule(root, graph, class_name=g.name or "RefoldModule")
+    # GraphModule copies only what the graph reads, every tensor as a persistent buffer: register
+    # each name again, tied and unread names too, buffers with their persistence
+    for target, t, kind, persistent in state:
+        _assign(gm, target, t, kind, persistent)
     gm.graph.lint()
     return gm
 
 
-def _targets(g) -> dict[Value, str]:
-    """Attribute names for constants: each keeps its source name (``torch.target``) where it can.
+def _targets(g, aliases: dict[str, list[str]] | None = None, originals=()) -> dict[Value, list[str]]:
+    """Attribute names for constants, the first the one the graph reads: each keeps its source
+    name (``torch.target``) and the names tied to it (``aliases``: first name -> the others).
 
-    Values the graph reads claim names first, in order; a rewritten copy whose original is still
-    read gets ``_folded`` appended; an original nothing reads any more yields its name to the copy
-    and is dropped if no name is left for it.
+    Values the graph reads claim names first. Where several claim one source name (an original
+    and rewritten copies, or copies of a tied weight), each of its tied names goes to the value
+    read in that name's module, the rest in order; a value left with no name gets ``_folded``
+    appended. Originals nothing reads any more, and ``originals`` (the source's parameters and
+    buffers) passes removed, keep the names still free (the source's tensors), or are dropped.
+    Constants refold made (no source name) are ``_refold_const.<name>``.
     """
+    groups: dict[str, list[str]] = {}
+    for first, rest in (aliases or {}).items():
+        for n in (first, *rest):
+            groups[n] = [first, *rest]
     outs = {id(v) for v in g.outputs}
     used = [v for v in g.initializers.values() if v._uses or id(v) in outs]
     unused = [v for v in g.initializers.values() if not (v._uses or id(v) in outs)]
-    taken: dict[str, Value] = {}
-    out: dict[Value, str] = {}
+    present = {id(v) for v in g.initializers.values()}
+    unused += [v for v in originals if id(v) not in present]
+    by_name: dict[str, list[Value]] = {}
     for v in used:
-        target = v.meta.get("torch.target") or f"_refold_const.{v.name}"
-        while target in taken:
-            target += "_folded"
-        taken[target] = v
-        out[v] = target
+        by_name.setdefault(v.meta.get("torch.target") or f"_refold_const.{v.name}", []).append(v)
+    taken: set[str] = set()
+    out: dict[Value, list[str]] = {}
+
+    def claim(v: Value, name: str) -> None:
+        taken.add(name)
+        out.setdefault(v, []).append(name)
+
+    for target, vals in by_name.items():
+        names = [n for n in groups.get(target, [target]) if n not in taken]
+        if target in names:  # the source name first
+            names.remove(target)
+            names.insert(0, target)
+        if len(vals) > 1 and len(names) > 1:
+            for n in list(names):
+                module = n.rpartition(".")[0]
+                readers = [v for v in vals if any(_in_module(p, module) for p in _reader_modules(v))]
+                if len(readers) == 1:
+                    claim(readers[0], n)
+                    names.remove(n)
+        for v in vals:
+            if v not in out and names:
+                claim(v, names.pop(0))
+        for n in names:  # tied names nobody claimed stay with the first value
+            claim(vals[0], n)
+        for v in vals:
+            if v not in out:
+                name = target
+                while name in taken:
+                    name += "_folded"
+                claim(v, name)
     for v in unused:
         target = v.meta.get("torch.target") or f"_refold_const.{v.name}"
-        if target not in taken:
-            taken[target] = v
-            out[v] = target
+        for n in groups.get(target, [target]):
+            if n not in taken:
+                claim(v, n)
     return out
+
+
+def _reader_modules(v: Value) -> list[str]:
+    """The innermost module path of each node that reads ``v``."""
+    paths = []
+    for node in v.users:
+        stack = node.meta.get("nn_module_stack")
+        if stack:
+            entry = list(stack.values())[-1]
+            paths.append(entry[0] if isinstance(entry, tuple) else str(entry))
+    return paths
+
+
+def _in_module(path: str, module: str) -> bool:
+    return bool(module) and (path == module or path.endswith("." + module))
 
 
 def _env(env, names, graph, v: Value) -> fx.Node:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 
 from refold.ir.graph import CORE, Graph, Node, Value, const_ints
 from refold.passes.analysis.stream_width import WidthTracer
@@ -298,16 +297,47 @@ class ResidualStream:
         return None
 
 
-def _map_reshape(src, dst, axis: int) -> int | None:
-    """The input axis that becomes output ``axis`` whole (same size, same elements before it)."""
-    if not _static(src) or not _static(dst):
+def _size(d) -> tuple[int, tuple[str, ...]] | None:
+    """A dim as (constant factor, sorted symbolic factors): ``"s0*s1"`` -> (1, ("s0", "s1")); a
+    symbolic dim that is not a plain product is one opaque factor; unknown (None, -1) -> None."""
+    if isinstance(d, int):
+        return (d, ()) if d >= 0 else None
+    if not isinstance(d, str) or not d.strip():
         return None
-    before = int(np.prod(dst[:axis]))
-    acc = 1
-    for j, d in enumerate(src):
-        if acc == before and d == dst[axis]:
+    const, syms = 1, []
+    parts = [p.strip() for p in d.split("*")]
+    if all(p.isdigit() or p.isidentifier() for p in parts):
+        for p in parts:
+            if p.isdigit():
+                const *= int(p)
+            else:
+                syms.append(p)
+    else:
+        syms.append("".join(d.split()))
+    return const, tuple(sorted(syms))
+
+
+def _product(dims) -> tuple[int, tuple[str, ...]] | None:
+    const, syms = 1, []
+    for d in dims:
+        s = _size(d)
+        if s is None:
+            return None
+        const, syms = const * s[0], syms + list(s[1])
+    return const, tuple(sorted(syms))
+
+
+def _map_reshape(src, dst, axis: int) -> int | None:
+    """The input axis that becomes output ``axis`` whole (same size, same elements before it).
+    Symbolic dims (torch.export's ``s0``, ``s0*s1``) compare as products of their factors."""
+    if src is None or dst is None or axis >= len(dst):
+        return None
+    before, size = _product(dst[:axis]), _size(dst[axis])
+    if before is None or size is None or any(_size(d) is None for d in src):
+        return None
+    for j in range(len(src)):
+        if _product(src[:j]) == before and _size(src[j]) == size:
             return j
-        acc *= d
     return None
 
 
