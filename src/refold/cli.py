@@ -121,6 +121,17 @@ def _dims(specs: list[str]) -> dict[str, int]:
     return out
 
 
+def _verify_input(model, where: str) -> None:
+    """The graph as read must pass the verifier; otherwise the first pass would be blamed for it
+    ("pass 'infer-shapes' left an invalid graph")."""
+    from refold.ir.verify import VerifyError, verify
+
+    try:
+        verify(model.graph)
+    except VerifyError as e:
+        raise errors.InvalidModelError(f"{where}: the graph is not valid: {e}") from None
+
+
 def cmd_run(args) -> int:
     from refold.api import (
         DEFAULT_PIPELINE,
@@ -147,6 +158,7 @@ def cmd_run(args) -> int:
     for p in takes_data:
         p.data = data if p.data is None else p.data
     model = load(args.model)
+    _verify_input(model, args.model)
     symbolic = {d for v in model.graph.inputs if v.shape for d in v.shape if isinstance(d, str)}
     unknown = sorted(set(dims) - symbolic)
     if unknown:

@@ -28,7 +28,11 @@ def problems_in(graph: Graph, limit: int = 5):
 
 
 def _check_graph(g: Graph, outer: dict[int, Value], names: dict[str, Value]):
+    """``names``: the names visible here (this graph's and its enclosing graphs', as ONNX scopes
+    them); sibling subgraphs (an If's two branches, two Loop bodies) may reuse a name."""
     scope: dict[int, Value] = dict(outer)
+    names = dict(names)
+    local: list[Value] = []
 
     def define(v: Value, what: str):
         if v.kind == "omitted":
@@ -38,6 +42,7 @@ def _check_graph(g: Graph, outer: dict[int, Value], names: dict[str, Value]):
             if other is not None and other is not v:
                 yield f"graph '{g.name}': name '{v.name}' is used by two values ({what})"
             names[v.name] = v
+            local.append(v)
         scope[id(v)] = v
 
     for v in g.inputs:
@@ -86,7 +91,8 @@ def _check_graph(g: Graph, outer: dict[int, Value], names: dict[str, Value]):
     for v in g.outputs:
         if id(v) not in scope:
             yield f"graph '{g.name}': output '{v.name}' is not defined in the graph"
-    for name, v in list(names.items()):
+    for v in local:
+        name = v.name
         for node, i in v._uses:
             if node.graph is None:
                 yield f"value '{name}' lists a use by removed {node.label()}"

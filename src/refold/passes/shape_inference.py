@@ -15,6 +15,6 @@ class InferShapes(Pass):
     def call(self, model: Model) -> PassResult:
         try:
             n = infer_shapes(model, probe=True)
-        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as e:
+        except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError) as e:
             return PassResult(model, False, {"error": str(e).splitlines()[0][:200]})
         return PassResult(model, n > 0, {"values_typed": n})

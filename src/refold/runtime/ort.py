@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from refold.errors import UnsupportedError
+from refold.frontends.onnx.file import for_onnxruntime
 from refold.ir.graph import Model
 from refold.runtime.base import Runner
 
@@ -50,7 +51,7 @@ def session_options():
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions; ORT printing them too would add stderr lines
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
@@ -130,7 +131,7 @@ class OrtRunner(Runner):
                 sess = ort.InferenceSession(proto.SerializeToString(), so, providers=self.providers)
             else:
                 proto = with_outputs(self.proto, list(capture), self._types(capture)) if capture else self.proto
-                sess = ort.InferenceSession(proto.SerializeToString(), session_options(),
+                sess = ort.InferenceSession(for_onnxruntime(proto).SerializeToString(), session_options(),
                                             providers=self.providers)
         except Exception as e:
             raise UnsupportedError(f"ONNX Runtime cannot run the model: "

@@ -69,6 +69,8 @@ def probe_inputs(model: Model, *, seed: int = 0, dims: dict[str, int] | None = N
         shape = tuple(d if isinstance(d, int) and d >= 0 else sizes.get(d, 1) if isinstance(d, str)
                       else sizes.get(f"{v.name}:{axis}", 1) for axis, d in enumerate(v.shape))
         dt = v.dtype
+        if max(shape, default=0) > 1 << 31 or np.prod(shape, dtype=object) * max(1, dt.itemsize_bits // 8) > 1 << 28:
+            raise UnsupportedError(f"input '{v.name}' of shape {list(shape)} is too large to probe (over 256 MiB)")
         if dt.is_float:
             arr = rng.standard_normal(shape).astype(dt.numpy())
         elif dt == DType.BOOL:

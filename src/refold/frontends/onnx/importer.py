@@ -10,7 +10,12 @@ from onnx import AttributeProto as AP
 
 from refold.errors import InvalidModelError
 from refold.gcpause import gc_paused
-from refold.frontends.onnx.file import read_model_proto, resolve_external, utf8_checked
+from refold.frontends.onnx.file import (
+    check_typed_payload,
+    read_model_proto,
+    resolve_external,
+    utf8_checked,
+)
 from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Model, Node, Value
 from refold.ir.tensor import Tensor, check_inline_payload
@@ -169,6 +174,7 @@ class _Importer:
 
     def tensor(self, t: onnx.TensorProto) -> Tensor:
         check_inline_payload(t, self.where)
+        check_typed_payload(t, self.where)
         try:
             dtype = DType(t.data_type)
         except ValueError:
@@ -235,7 +241,13 @@ class _Importer:
                     first = produced[o].name if o in produced else "a graph input or initializer"
                     raise InvalidModelError(f"{self.where}: value '{o}' is produced twice (by "
                                             f"{first!r} and node '{fields.get('name', '')}' ({op_type}))")
+                if any(v.name == o for v in outs):
+                    raise InvalidModelError(f"{self.where}: node '{fields.get('name', '')}' ({op_type}) "
+                                            f"lists output '{o}' twice")
                 outs.append(Value(o))
+            if not outs and fields.get("domain", "") in ("", "ai.onnx", "core"):  # every such op has one
+                raise InvalidModelError(f"{self.where}: node '{fields.get('name', '')}' ({op_type}) "
+                                        f"has no outputs")
             node = Node(op_type, domain=fields.get("domain", ""), name=fields.get("name", ""),
                         outputs=outs, overload=fields.get("overload", ""), meta={"onnx.index": index})
             for v in outs:
@@ -273,8 +285,11 @@ class _Importer:
                       fields.get("overload"), fields.get("op_type")):
                 node.meta["onnx.defaults"] = tuple(k for k in _SCALAR_NODE_FIELDS if fields.get(k) == "")
             g.append(node)
-        if (out_of_order or any(n.subgraphs() for n, _, _ in nodes)) and g.sort():
-            g.meta["sorted_on_import"] = True
+        try:
+            if (out_of_order or any(n.subgraphs() for n, _, _ in nodes)) and g.sort():
+                g.meta["sorted_on_import"] = True
+        except InvalidModelError as e:  # a cycle: name the file too
+            raise InvalidModelError(f"{self.where}: {e}") from None
         for vo in gp.output:
             v = lookup.get(vo.name)
             if v is None:
@@ -330,6 +345,11 @@ class _Importer:
 
     def attributes(self, node: Node, npb: onnx.NodeProto, lookup: "_Scope") -> None:
         for a in npb.attribute:
+            if a.type == AP.UNDEFINED:  # required since IR version 2; without it the value is unknown
+                raise InvalidModelError(f"{self.where}: {node.label()} attribute '{a.name}' has no type")
+            if a.ref_attr_name:  # function bodies are kept verbatim: this is a graph, where ONNX forbids it
+                raise InvalidModelError(f"{self.where}: {node.label()} attribute '{a.name}' refers to "
+                                        f"function attribute '{a.ref_attr_name}' outside a function")
             node.attr_types[a.name] = a.type
             if a.ref_attr_name or a.doc_string or a.type in _VERBATIM_ATTRS:
                 node.meta.setdefault("onnx.raw_attrs", {})[a.name] = a

@@ -143,7 +143,7 @@ def save_onnx(model: Model, path: str | os.PathLike, *, external_data: bool | No
         elif check:
             try:
                 onnx.checker.check_model(staged, full_check=True)
-            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+            except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as e:
                 raise InvalidModelError(f"{path}: the result fails onnx.checker (full check), so "
                                         f"nothing was written; is the input valid? "
                                         f"{str(e).splitlines()[0][:300]}") from None
