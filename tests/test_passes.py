@@ -246,3 +246,13 @@ def test_probe_sizes_fall_back_to_one_where_the_model_needs_its_export_size():
     m = load_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
     r = PassManager([get_pass("dce")]).run(m)
     assert "probed at 1" in r.check_note and "[x: 1x3x4]" in r.check_note
+
+
+def test_an_invalid_input_is_blamed_on_the_input_not_the_first_pass():
+    from refold.errors import InvalidModelError
+
+    m = load_onnx(refold.example_path())
+    n = next(iter(m.graph))
+    n._inputs[0] = refold.Value("ghost")  # broken before any pass runs
+    with pytest.raises(InvalidModelError, match="input graph is not valid"):
+        PassManager([get_pass("dce")], check=False).run(m)

@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from typing import Any, Callable
 
-from refold.errors import PassFailedError, RefoldError, UsageError
+from refold.errors import InvalidModelError, PassFailedError, RefoldError, UsageError
 from refold.gcpause import gc_paused
 from refold.ir.graph import Model
 from refold.ir.verify import VerifyError, verify
@@ -279,7 +279,12 @@ class PassManager:
                 have.add(prop)
             steps.append(p)
             have |= p.ensures
-        if self.progress:
+        if self.verify:  # an invalid input is the input's fault, not the first pass's
+            try:
+                verify(model.graph)
+            except VerifyError as e:
+                raise InvalidModelError(f"the input graph is not valid: {e}") from None
+        if self.progress and steps:
             self.progress(0, len(steps), "numeric check: reference run" if self.check else steps[0].name)
         t0 = time.perf_counter()
         checker = self._make_checker(model) if self.check else None
