@@ -16,6 +16,13 @@ With ``compress=True`` (CRMSNorm) the stream is also stored in d-1 coordinates: 
 d-vector is its first d-1 coordinates, the last being minus their sum. Each writer drops its last
 output feature, every shape vector that spells the width says d-1 (``stream_width``), and each
 LayerNorm becomes ``crms_norm``, which recovers the norm and the dropped coordinate.
+
+The op each converted norm runs as is the fastest exact one measured on the model's runtime
+(``target=auto``; benchmarks/layernorm_rmsnorm.py; the report's ``emitted`` says which): in ONNX,
+RMSNormalization at opset 23 and below it a decomposed form ONNX Runtime fuses into its
+SimplifiedLayerNormalization kernel; in torch graphs the LayerNorm kernel itself, which on the now
+zero-mean stream computes the RMSNorm and on CPU beats ``aten.rms_norm`` (1.4-3x its time), so
+there the pass recentres the stream and folds biases and never slows the model down.
 """
 from __future__ import annotations
 
@@ -61,8 +68,10 @@ class LayerNormToRMSNorm(Pass):
 
     options = (
         Option("compress", bool, False, "CRMSNorm: store the zero-mean stream in d-1 coordinates"),
-        Option("target", str, "auto", "ort emits ONNX Runtime's SimplifiedLayerNormalization; auto "
-               "emits RMSNormalization at opset 23, its decomposed form below", choices=("auto", "ort")),
+        Option("target", str, "auto", "auto: the fastest exact form measured on the model's runtime "
+               "(RMSNormalization at opset 23, below it a decomposed form ONNX Runtime fuses; in torch "
+               "graphs the LayerNorm kernel on the now zero-mean stream, faster on CPU than aten.rms_norm); "
+               "ort: ONNX Runtime's SimplifiedLayerNormalization", choices=("auto", "ort")),
     )
 
     def validate(self) -> None:
@@ -116,8 +125,16 @@ class LayerNormToRMSNorm(Pass):
                     reasons[ln.name] = why
                     del plans[ln]
                     changed = True
+        self._lower_to, emitted = self._emitted(model)
+        already = 0
+        if self._lower_to == "layer_norm":  # e.g. its own output read back: LayerNorms on a zero-mean
+            for ln, p in list(plans.items()):  # stream, no bias left to fold: nothing would change
+                if _centred(p) and not _can_fold(graph, ln):
+                    del plans[ln]
+                    already += 1
         if not plans:  # raising to core ops alone is exact and not a change worth reporting
             return PassResult(model, False, {"converted": 0, "rewrites": 0, "layer_norms": len(lns),
+                                             **({"already_zero_mean": already} if already else {}),
                                              "not_converted": reasons})
         total = StreamPlan()
         for p in plans.values():
@@ -128,11 +145,11 @@ class LayerNormToRMSNorm(Pass):
             self._compress_layout(graph, total, width)
         self._apply_edits(graph, total, width)
         self._folded = 0
-        for ln in plans:
-            self._replace(graph, ln, model)
+        rewrites = sum(self._replace(graph, ln, model) for ln in plans)
         if self.target == "ort":
             model.meta["target_runtime"] = "onnxruntime"  # ORT-only ops: checked with ORT on save
-        return PassResult(model, True, {"converted": len(plans), "rewrites": len(plans), "layer_norms": len(lns),
+        return PassResult(model, True, {"converted": len(plans), "rewrites": rewrites, "layer_norms": len(lns),
+                                        "emitted": emitted, **({"already_zero_mean": already} if already else {}),
                                         "recentred_constants": len(total.edits), "compressed": self.compress,
                                         "biases_folded_into_linears": self._folded,
                                         "not_converted": reasons})
@@ -174,16 +191,33 @@ class LayerNormToRMSNorm(Pass):
         for old in replaced:  # originals nothing reads any more (parameters stay: the exporter decides)
             graph.release_const(old)
 
-    def _replace(self, graph: Graph, ln: Node, model: Model) -> None:
+    def _emitted(self, model: Model) -> tuple[str | None, str]:
+        """(the rms_norm nodes' ``lower_to``, what the report says is emitted), chosen by measurement
+        (benchmarks/layernorm_rmsnorm.py, CPU): where no RMSNorm op beats the LayerNorm kernel, the
+        LayerNorm kernel it is, on the zero-mean stream, where it computes the RMSNorm exactly."""
+        if self.compress:
+            return None, "crms_norm"
+        if self.target == "ort":
+            return "ort", "SimplifiedLayerNormalization"
+        if model.source == "torch":  # aten.rms_norm measured 1.4-3x the LayerNorm kernel on CPU
+            return "layer_norm", "layer_norm (fastest exact form on torch CPU)"
+        if model.opset >= 23:
+            return None, "RMSNormalization"
+        # Pow/ReduceMean/Add/Sqrt/Div/Mul, which ONNX Runtime fuses into SimplifiedLayerNormalization
+        return None, "decomposed rms_norm (ORT fuses it)"
+
+    def _replace(self, graph: Graph, ln: Node, model: Model) -> bool:
         # LN(x) = RMSNorm(x) * gamma + beta  when mean(x) = 0 along the normalized axis
         x, scale, bias = (list(ln.inputs) + [None, None])[:3]
+        if self._lower_to == "layer_norm" and bias is not None and not _can_fold(graph, ln):
+            return False  # the LayerNorm kernel, bias included, is the fastest exact form: keep the node
         b = Builder(graph, ln)
         ins = [x] + ([scale] if scale is not None else [])
         op = "core.crms_norm" if self.compress else "core.rms_norm"
         y = b.op(op, *ins, axis=-1, epsilon=ln.attrs.get("epsilon", 1e-5))
         rms = y.producer
-        if self.target == "ort" and not self.compress:
-            rms.meta["lower_to"] = "ort"
+        if self._lower_to is not None:
+            rms.meta["lower_to"] = self._lower_to
         if bias is not None:
             y = b.op.core.add(y, bias)
         for n in b.created:
@@ -194,6 +228,26 @@ class LayerNormToRMSNorm(Pass):
         graph.remove(ln)
         if bias is not None and _fold_shift(graph, y.producer, ln.name):
             self._folded += 1
+        return True
+
+
+def _centred(plan: StreamPlan) -> bool:
+    """Every constant the plan would recentre is zero-mean already (to float rounding)."""
+    for node, i, axis in plan.edits.values():
+        a = node.inputs[i].const.numpy().astype(np.float64)
+        if a.size and np.abs(a.mean(axis=axis)).max() > 1e-6 * max(float(np.abs(a).max()), 1e-30):
+            return False
+    return True
+
+
+def _can_fold(graph: Graph, ln: Node) -> bool:
+    """Whether _fold_shift would fold this LayerNorm's bias into the linears reading it."""
+    beta = ln.inputs[2] if len(ln.inputs) > 2 else None
+    y = ln.outputs[0]
+    if beta is None or beta.const is None or beta.rank != 1 or graph.is_output(y):
+        return False
+    targets: list[Node] = []
+    return _shift_targets(y, beta.shape[0], targets) and bool(targets)
 
 
 def _shift_targets(v: Value, d: int, out: list[Node]) -> bool:

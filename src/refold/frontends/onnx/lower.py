@@ -97,8 +97,13 @@ def _rms_norm(e: _Emit, n: Node, outs: list[str]) -> None:
         # ONNX Runtime registers this contrib op in the default domain (not com.microsoft)
         e("SimplifiedLayerNormalization", [x.name, scale.name], outs, axis=axis, epsilon=eps)
         return
+    # Written Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul, the pattern ONNX Runtime fuses into its
+    # SimplifiedLayerNormalization kernel (with x*x in place of Pow it is not fused, and the five ops
+    # cost more than the LayerNormalization they replace: benchmarks/layernorm_rmsnorm.py). A
+    # lower_to="layer_norm" hint (torch's choice, on a zero-mean stream) is not followed here: ORT's
+    # RMS kernels are faster than its LayerNormalization.
     axes = _norm_axes(x, axis)
-    ms = _reduce_mean(e, e("Mul", [x.name, x.name]), axes, 1)
+    ms = _reduce_mean(e, e("Pow", [x.name, _scalar_like(e, x, 2.0, "two")]), axes, 1)
     rms = e("Sqrt", [e("Add", [ms, _scalar_like(e, x, eps, "eps")])])
     y = e("Div", [x.name, rms], outs if scale is None else None)
     if scale is not None:

@@ -50,6 +50,11 @@ def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
     if op == "layer_norm":
         return call(aten.layer_norm.default, (arg(0), _norm_shape(node), arg(1), arg(2), a.get("epsilon", 1e-5)))
     if op == "rms_norm":
+        if node.meta.get("lower_to") == "layer_norm":
+            # layernorm-to-rmsnorm made the input zero-mean, so LayerNorm's fused kernel computes this
+            # RMSNorm (to rounding); on CPU aten.rms_norm, which decomposes into pow/mean/rsqrt/mul,
+            # measured 1.4-3x slower (benchmarks/layernorm_rmsnorm.py)
+            return call(aten.layer_norm.default, (arg(0), _norm_shape(node), arg(1), None, a.get("epsilon", 1e-5)))
         return call(aten.rms_norm.default, (arg(0), _norm_shape(node), arg(1), a.get("epsilon", 1e-5)))
     if op == "crms_norm":
         # [x, -s] / sqrt((sum x^2 + s^2) / d + eps) * scale,  s = sum x
