@@ -320,12 +320,22 @@ class _Ctx:
         self.raw: bytes | None = None  # set by a step that writes the file itself (the last step)
 
 
+def _index(draw, seq) -> int:
+    """A drawn position in a non-empty sequence."""
+    return draw(st.integers(0, len(seq) - 1))
+
+
+def _pick(draw, seq):
+    """A drawn element of a non-empty sequence."""
+    return seq[_index(draw, seq)]
+
+
 def mut_delete(draw, ctx: _Ctx) -> str:
     fields = _repeated(ctx.m)
     if not fields:
         return "delete: nothing"
-    label, c = fields[draw(st.integers(0, len(fields) - 1))]
-    i = draw(st.integers(0, len(c) - 1))
+    label, c = _pick(draw, fields)
+    i = _index(draw, c)
     del c[i]
     return f"delete {label}[{i}]"
 
@@ -334,8 +344,8 @@ def mut_duplicate(draw, ctx: _Ctx) -> str:
     fields = _repeated(ctx.m)
     if not fields:
         return "duplicate: nothing"
-    label, c = fields[draw(st.integers(0, len(fields) - 1))]
-    i = draw(st.integers(0, len(c) - 1))
+    label, c = _pick(draw, fields)
+    i = _index(draw, c)
     item = c[i]
     if hasattr(c, "add"):
         c.add().CopyFrom(item)
@@ -349,13 +359,13 @@ def mut_dtype(draw, ctx: _Ctx) -> str:
     if draw(st.booleans()):
         ts = _all_tensors(ctx.m)
         if ts:
-            t = ts[draw(st.integers(0, len(ts) - 1))]
+            t = _pick(draw, ts)
             old, t.data_type = t.data_type, dt
             return f"tensor {t.name!r} data_type {old} -> {dt}"
     vis = [vi for vi in _all_value_infos(ctx.m) if vi.type.HasField("tensor_type")]
     if not vis:
         return "dtype: nothing"
-    vi = vis[draw(st.integers(0, len(vis) - 1))]
+    vi = _pick(draw, vis)
     old, vi.type.tensor_type.elem_type = vi.type.tensor_type.elem_type, max(0, dt)
     return f"value_info {vi.name!r} elem_type {old} -> {max(0, dt)}"
 
@@ -364,14 +374,14 @@ def mut_dangle(draw, ctx: _Ctx) -> str:
     nodes = [n for n in _all_nodes(ctx.m) if len(n.input) or len(n.output)]
     if not nodes:
         return "dangle: nothing"
-    n = nodes[draw(st.integers(0, len(nodes) - 1))]
+    n = _pick(draw, nodes)
     names = _names(ctx.m)
     new = draw(st.sampled_from(ODD_NAMES + names))
     if len(n.input) and (not len(n.output) or draw(st.booleans())):
-        i = draw(st.integers(0, len(n.input) - 1))
+        i = _index(draw, n.input)
         n.input[i] = new
         return f"node {n.name or n.op_type!r} input {i} -> {new!r}"
-    i = draw(st.integers(0, len(n.output) - 1))
+    i = _index(draw, n.output)
     n.output[i] = new
     return f"node {n.name or n.op_type!r} output {i} -> {new!r}"
 
@@ -381,7 +391,7 @@ def mut_rename_io(draw, ctx: _Ctx) -> str:
     vis = [*g.input, *g.output]
     if not vis:
         return "rename: nothing"
-    vi = vis[draw(st.integers(0, len(vis) - 1))]
+    vi = _pick(draw, vis)
     new = draw(st.sampled_from(ODD_NAMES + _names(ctx.m)))
     old, vi.name = vi.name, new
     return f"graph {g.name!r} value {old!r} renamed {new!r}"
@@ -391,12 +401,12 @@ def mut_dims(draw, ctx: _Ctx) -> str:
     if draw(st.booleans()):
         ts = [t for t in _all_tensors(ctx.m)]
         if ts:
-            t = ts[draw(st.integers(0, len(ts) - 1))]
+            t = _pick(draw, ts)
             if len(t.dims) == 0 or draw(st.integers(0, 4)) == 0:
                 v = draw(st.sampled_from(ODD_DIMS))
                 t.dims.append(v)
                 return f"tensor {t.name!r} dims += [{v}]"
-            i = draw(st.integers(0, len(t.dims) - 1))
+            i = _index(draw, t.dims)
             old = t.dims[i]
             v = draw(st.sampled_from(ODD_DIMS + [old * 2, old + 1, -old, old * 1000]))
             t.dims[i] = max(-(1 << 63), min((1 << 63) - 1, v))
@@ -404,13 +414,13 @@ def mut_dims(draw, ctx: _Ctx) -> str:
     vis = [vi for vi in _all_value_infos(ctx.m) if vi.type.HasField("tensor_type")]
     if not vis:
         return "dims: nothing"
-    vi = vis[draw(st.integers(0, len(vis) - 1))]
+    vi = _pick(draw, vis)
     shape = vi.type.tensor_type.shape
     if len(shape.dim) == 0 or draw(st.integers(0, 4)) == 0:
         d = shape.dim.add()
         d.dim_value = draw(st.sampled_from(ODD_DIMS))
         return f"value_info {vi.name!r} dims += [{d.dim_value}]"
-    i = draw(st.integers(0, len(shape.dim) - 1))
+    i = _index(draw, shape.dim)
     d = shape.dim[i]
     kind = draw(st.sampled_from(["value", "param", "clear"]))
     if kind == "param":
@@ -435,7 +445,7 @@ def mut_shape_constant(draw, ctx: _Ctx) -> str:
                  if n.op_type in _SHAPE_INPUTS and len(n.input) > _SHAPE_INPUTS[n.op_type]]
     if not consumers:
         return "shape constant: nothing"
-    n, i = consumers[draw(st.integers(0, len(consumers) - 1))]
+    n, i = _pick(draw, consumers)
     name = n.input[i]
     target = None
     for t in _all_tensors(m):
@@ -460,7 +470,7 @@ def mut_op(draw, ctx: _Ctx) -> str:
     nodes = _all_nodes(ctx.m)
     if not nodes:
         return "op: nothing"
-    n = nodes[draw(st.integers(0, len(nodes) - 1))]
+    n = _pick(draw, nodes)
     if draw(st.booleans()):
         old, n.op_type = n.op_type, draw(st.sampled_from(OP_POOL))
         return f"node {n.name!r} op {old} -> {n.op_type}"
@@ -472,8 +482,8 @@ def mut_attribute(draw, ctx: _Ctx) -> str:
     nodes = [n for n in _all_nodes(ctx.m) if len(n.attribute)]
     if not nodes:
         return "attribute: nothing"
-    n = nodes[draw(st.integers(0, len(nodes) - 1))]
-    a = n.attribute[draw(st.integers(0, len(n.attribute) - 1))]
+    n = _pick(draw, nodes)
+    a = _pick(draw, n.attribute)
     what = draw(st.sampled_from(["type", "ints", "int", "name", "float"]))
     if what == "type":
         old, a.type = a.type, draw(st.sampled_from([v.number for v in AttributeProto.AttributeType.DESCRIPTOR.values]))
@@ -496,17 +506,17 @@ def mut_attribute(draw, ctx: _Ctx) -> str:
 def mut_field(draw, ctx: _Ctx) -> str:
     """Any scalar field of any message in the model set to an odd value of its type."""
     msgs = list(_messages(ctx.m))
-    msg = msgs[draw(st.integers(0, len(msgs) - 1))]
+    msg = _pick(draw, msgs)
     fields = [f for f in msg.DESCRIPTOR.fields if f.message_type is None]
     if not fields:
         return "field: nothing"
-    f = fields[draw(st.integers(0, len(fields) - 1))]
+    f = _pick(draw, fields)
     v = _odd_value(draw, f, _names(ctx.m))
     try:
         if f.is_repeated:
             c = getattr(msg, f.name)
             if len(c) and draw(st.booleans()):
-                c[draw(st.integers(0, len(c) - 1))] = v
+                c[_index(draw, c)] = v
             else:
                 c.append(v)
         else:
@@ -521,7 +531,7 @@ def mut_payload(draw, ctx: _Ctx) -> str:
     ts = [t for t in _all_tensors(ctx.m) if t.data_location != TensorProto.EXTERNAL]
     if not ts:
         return "payload: nothing"
-    t = ts[draw(st.integers(0, len(ts) - 1))]
+    t = _pick(draw, ts)
     what = draw(st.sampled_from(["random", "shorter", "longer", "to_typed", "clear", "strings"]))
     raw = t.raw_data
     if what == "random":
@@ -545,7 +555,7 @@ def mut_reorder(draw, ctx: _Ctx) -> str:
     gs = [g for g in _all_graphs(ctx.m) if len(g.node) > 1]
     if not gs:
         return "reorder: nothing"
-    g = gs[draw(st.integers(0, len(gs) - 1))]
+    g = _pick(draw, gs)
     nodes = list(g.node)
     how = draw(st.sampled_from(["reverse", "shuffle", "move"]))
     if how == "reverse":
@@ -553,7 +563,7 @@ def mut_reorder(draw, ctx: _Ctx) -> str:
     elif how == "shuffle":
         nodes = draw(st.permutations(nodes))
     else:
-        i, j = draw(st.integers(0, len(nodes) - 1)), draw(st.integers(0, len(nodes) - 1))
+        i, j = _index(draw, nodes), _index(draw, nodes)
         nodes.insert(j, nodes.pop(i))
     del g.node[:]
     g.node.extend(nodes)
@@ -616,12 +626,12 @@ def mut_external(draw, ctx: _Ctx) -> str:
         ts = _all_tensors(ctx.m)
         if not ts:
             return "external: nothing"
-        t = ts[draw(st.integers(0, len(ts) - 1))]
+        t = _pick(draw, ts)
         t.data_location = TensorProto.EXTERNAL
         e = t.external_data.add()
         e.key, e.value = "location", draw(st.sampled_from([DATA, "nope.bin", "../" + SECRET]))
         return f"tensor {t.name!r} made external at {e.value!r}"
-    t = ts[draw(st.integers(0, len(ts) - 1))]
+    t = _pick(draw, ts)
     info = {e.key: e for e in t.external_data}
     size = len(mutant.files.get(DATA, b""))
     what = draw(st.sampled_from(["location", "offset", "length", "key", "symlink", "hardlink",
@@ -681,7 +691,7 @@ def mut_constify(draw, ctx: _Ctx) -> str:
     cands = [vi for vi in g.input if vi.name not in inits and vi.type.HasField("tensor_type")]
     if not cands:
         return "constify: nothing"
-    vi = cands[draw(st.integers(0, len(cands) - 1))]
+    vi = _pick(draw, cands)
     tt = vi.type.tensor_type
     shape = [d.dim_value if d.HasField("dim_value") else draw(st.integers(0, 3)) for d in tt.shape.dim]
     if math.prod(shape) > 1 << 16:
@@ -709,8 +719,8 @@ def mut_clone(draw, ctx: _Ctx) -> str:
     gs = [g for g in _all_graphs(ctx.m) if len(g.node)]
     if not gs:
         return "clone: nothing"
-    g = gs[draw(st.integers(0, len(gs) - 1))]
-    i = draw(st.integers(0, len(g.node) - 1))
+    g = _pick(draw, gs)
+    i = _index(draw, g.node)
     n = onnx.NodeProto()
     n.CopyFrom(g.node[i])
     for k, o in enumerate(n.output):
@@ -732,7 +742,7 @@ def byte_flip(draw, data: bytes) -> tuple[bytes, str]:
     k = draw(st.integers(1, 8))
     where = []
     for _ in range(k):
-        i = draw(st.integers(0, len(b) - 1))
+        i = _index(draw, b)
         if draw(st.booleans()):
             b[i] ^= 1 << draw(st.integers(0, 7))
         else:
@@ -749,7 +759,7 @@ def byte_truncate(draw, data: bytes) -> tuple[bytes, str]:
 def byte_splice(draw, data: bytes) -> tuple[bytes, str]:
     if len(data) < 2:
         return data, "splice: short"
-    i = draw(st.integers(0, len(data) - 1))
+    i = _index(draw, data)
     j = draw(st.integers(i, min(len(data), i + 256)))
     how = draw(st.sampled_from(["delete", "repeat", "insert"]))
     if how == "delete":

@@ -139,12 +139,12 @@ def test_unwritable_destinations_fail_before_any_work(flag, tmp_path, capsys, mo
 
 
 def test_all_outputs_or_none_when_a_late_write_fails(tmp_path, monkeypatch):
-    import refold.fileio
+    import refold.ir.fileio
 
     def fail(path, text):
         raise errors.OutputError(f"cannot write '{path}': disk full")
 
-    monkeypatch.setattr(refold.fileio, "write_text_atomic", fail)
+    monkeypatch.setattr(refold.ir.fileio, "write_text_atomic", fail)
     out = tmp_path / "o.onnx"
     assert cli.main(["run", "example:tiny_cnn", "-o", str(out), "--json", str(tmp_path / "r.json")]) == 6
     assert list(tmp_path.iterdir()) == []
@@ -160,7 +160,7 @@ def test_closed_pipe_exits_quietly():
 
 
 def test_progress_bar_only_on_a_terminal(capsys):
-    from refold.progress import StepBar, step_bar
+    from refold.ir.progress import StepBar, step_bar
 
     assert step_bar() is None and not StepBar().enabled  # pytest's stderr is not a terminal
     with StepBar(force=True) as bar:

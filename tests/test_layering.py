@@ -9,7 +9,7 @@ import networkx as nx
 
 SRC = os.path.join(os.path.dirname(__file__), "..", "src", "refold")
 
-# layer -> the layers it may import (itself always allowed). `errors`, `fileio` and `progress` are leaves
+# layer -> the layers it may import (itself always allowed). `errors` is a leaf
 # every layer may use.
 ALLOWED = {
     "ir": set(),
@@ -20,7 +20,7 @@ ALLOWED = {
     "codegen": {"lowering", "ir"},
     "inspect": {"ir"},
 }
-LEAVES = {"errors", "fileio", "progress", "gcpause"}
+LEAVES = {"errors"}
 TOP = {"api", "cli", "__init__", "__main__"}
 
 

@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import refold.frontends  # noqa: F401  (registers the ONNX and torch raisers)
 from refold.errors import UnsupportedError, UsageError
-from refold.fileio import write_text_atomic  # noqa: F401  (re-exported)
+from refold.ir.fileio import write_text_atomic  # noqa: F401  (re-exported)
 from refold.ir.graph import Model
 from refold.passes import Pass, PassManager, Report, get_pass
 
@@ -144,7 +144,7 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
     names = DEFAULT_PIPELINE if passes is None else passes
     if passes is None and ir.source == "torch":  # torch.export typed every value already
         names = tuple(p for p in DEFAULT_PIPELINE if p != "infer-shapes")
-    from refold.progress import StepBar
+    from refold.ir.progress import StepBar
 
     count = None
     if ir.source == "onnx":  # node counts as the returned ModelProto will have them

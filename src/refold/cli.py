@@ -15,7 +15,7 @@ import traceback
 
 from refold import errors
 from refold.errors import RefoldError, Terminated, UsageError
-from refold.gcpause import gc_paused
+from refold.ir.gcpause import gc_paused
 
 EPILOG = ("exit codes: 0 ok, 2 usage, 3 invalid or unreadable model, 4 unsupported construct or "
           "failed pass check, 5 refused for security, 6 output not writable, 130 interrupted, "
@@ -121,17 +121,6 @@ def _dims(specs: list[str]) -> dict[str, int]:
     return out
 
 
-def _verify_input(model, where: str) -> None:
-    """The graph as read must pass the verifier; otherwise the first pass would be blamed for it
-    ("pass 'infer-shapes' left an invalid graph")."""
-    from refold.ir.verify import VerifyError, verify
-
-    try:
-        verify(model.graph)
-    except VerifyError as e:
-        raise errors.InvalidModelError(f"{where}: the graph is not valid: {e}") from None
-
-
 def cmd_run(args) -> int:
     from refold.api import (
         DEFAULT_PIPELINE,
@@ -140,11 +129,11 @@ def cmd_run(args) -> int:
         resolve_path,
         snapshot_of,
     )
-    from refold.fileio import write_text_atomic
+    from refold.ir.fileio import write_text_atomic
     from refold.frontends.onnx.save import save_onnx
     from refold.passes import PassManager, get_pass
 
-    from refold.fileio import check_writable
+    from refold.ir.fileio import check_writable
 
     passes = [get_pass(p) for p in (args.passes or DEFAULT_PIPELINE)]
     dims = _dims(args.dim)
@@ -158,14 +147,13 @@ def cmd_run(args) -> int:
     for p in takes_data:
         p.data = data if p.data is None else p.data
     model = load(args.model)
-    _verify_input(model, args.model)
     symbolic = {d for v in model.graph.inputs if v.shape for d in v.shape if isinstance(d, str)}
     unknown = sorted(set(dims) - symbolic)
     if unknown:
         raise UsageError(f"--dim {', '.join(unknown)}: not a symbolic input dim of {args.model}; "
                          f"its symbolic dims: {', '.join(sorted(symbolic)) or 'none'}")
     from refold.frontends.onnx.exporter import exported_node_count
-    from refold.progress import StepBar
+    from refold.ir.progress import StepBar
 
     with StepBar("pass") as bar:
         pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
@@ -254,7 +242,7 @@ def cmd_diff(args) -> int:
 
 def cmd_report(args) -> int:
     from refold.api import load
-    from refold.fileio import check_writable, write_text_atomic
+    from refold.ir.fileio import check_writable, write_text_atomic
     from refold.inspect.html import render
 
     check_writable(args.output)

@@ -25,7 +25,7 @@ class View:
         return render(self.a, self.b, title=self.title)
 
     def save(self, path: str) -> str:
-        from refold.fileio import write_text_atomic
+        from refold.ir.fileio import write_text_atomic
 
         write_text_atomic(path, self.to_html())
         return path

@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from refold.errors import InvalidModelError, PassFailedError, RefoldError, UsageError
-from refold.gcpause import gc_paused
+from refold.ir.gcpause import gc_paused
 from refold.ir.graph import Model
 from refold.ir.verify import VerifyError, verify
 
@@ -283,7 +283,8 @@ class PassManager:
             try:
                 verify(model.graph)
             except VerifyError as e:
-                raise InvalidModelError(f"the input graph is not valid: {e}") from None
+                where = model.meta.get("path") or "model"
+                raise InvalidModelError(f"{where}: the input graph is not valid: {e}") from None
         if self.progress and steps:
             self.progress(0, len(steps), "numeric check: reference run" if self.check else steps[0].name)
         t0 = time.perf_counter()
@@ -291,17 +292,17 @@ class PassManager:
         report.check_seconds = time.perf_counter() - t0
         if checker is not None:
             report.check_engine, report.check_note = checker.engine, checker.note
+        nodes = self.count(model)  # each step's count after is the next one's before
         for i, p in enumerate(steps):
             if self.progress:
                 self.progress(i, len(steps), p.name)
-            model = self._step(p, model, checker, report)
+            model, nodes = self._step(p, model, checker, report, nodes)
         if self.progress:
             self.progress(len(steps), len(steps), "done")
         report.model = model
         return report
 
-    def _step(self, p: Pass, model: Model, checker, report: Report) -> Model:
-        before = self.count(model)
+    def _step(self, p: Pass, model: Model, checker, report: Report, before: int) -> tuple[Model, int]:
         t0 = time.perf_counter()
         try:
             with gc_paused():  # graph-wide passes allocate much and free little
@@ -317,8 +318,8 @@ class PassManager:
                 verify(model.graph)
             except VerifyError as e:
                 raise PassFailedError(f"pass '{p.name}' left an invalid graph: {e}") from None
-        rec = PassRecord(p.name, seconds, before, self.count(model), result.modified,
-                         dict(result.stats))
+        after = self.count(model)
+        rec = PassRecord(p.name, seconds, before, after, result.modified, dict(result.stats))
         t0 = time.perf_counter()
         if checker is not None and result.modified:
             rec.max_abs, rec.max_rel = checker.compare(model, p.name, strict=p.exact)
@@ -326,7 +327,7 @@ class PassManager:
             rec.max_abs, rec.max_rel = 0.0, 0.0
         rec.check_seconds = time.perf_counter() - t0
         report.passes.append(rec)
-        return model
+        return model, after
 
     def _make_checker(self, model: Model):
         if self.checker is not None:

@@ -23,7 +23,7 @@ def interpret(graph: Graph, feeds: dict[str, Any], evaluate: Evaluator, const: C
     outputs or captured, so peak memory is the graph's live set, not the sum of all activations.
     """
     env: dict[int, Any] = {}
-    keep = {id(v) for v in graph.outputs} | set()
+    keep = {id(v) for v in graph.outputs}
     wanted = set(capture)
     remaining: dict[int, int] = {}
     for v in graph.inputs:
@@ -47,8 +47,6 @@ def interpret(graph: Graph, feeds: dict[str, Any], evaluate: Evaluator, const: C
                 raise UnsupportedError(f"{node.label()}: reads '{v.name}', which nothing computed")
         try:
             results = evaluate(node, ins)
-        except UnsupportedError:
-            raise
         except NotImplementedError as e:
             raise UnsupportedError(f"{node.label()}: {node.qualified_op} cannot run here: {e}") from None
         if len(results) < len(node.outputs):

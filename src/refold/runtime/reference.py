@@ -129,9 +129,8 @@ class ReferenceRunner(Runner):
 
         ev = self._evaluators.get(id(node))
         if ev is None:
-            present = [x for x in ins]
             ev = self._evaluators[id(node)] = ReferenceEvaluator(
-                node_model(node, self.model.opset_imports, present))
+                node_model(node, self.model.opset_imports, ins))
         feeds = {v.name: np.asarray(x) for v, x in zip(node.inputs, ins) if v is not None}
         outs = ev.run(None, feeds)
         it = iter(outs)

@@ -131,11 +131,7 @@ def evaluate_torch(node: Node, ins: list, opsets: dict[str, int]) -> list:
         return list(fn(ins, attrs, opset))
     from refold.frontends.torch.exporter import _rebuild, _target
 
-    try:
-        target = _target(node)
-    except UnsupportedError:
-        raise
-    out = target(*_rebuild(node.attrs["args"], ins), **_rebuild(node.attrs["kwargs"], ins))
+    out = _target(node)(*_rebuild(node.attrs["args"], ins), **_rebuild(node.attrs["kwargs"], ins))
     if node.meta.get("torch.returns_sequence") or len(node.outputs) > 1:
         return list(out)
     return [out]

@@ -9,7 +9,7 @@ import onnx
 from onnx import AttributeProto as AP
 
 from refold.errors import InvalidModelError
-from refold.gcpause import gc_paused
+from refold.ir.gcpause import gc_paused
 from refold.frontends.onnx.file import (
     check_typed_payload,
     read_model_proto,

@@ -13,7 +13,6 @@ model on the calibration data, worst first.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Iterable
 
@@ -219,12 +218,13 @@ class Quantize(Pass):
 
         kept: list = []  # (batch, float outputs of every target) for the first few batches
         ranges: dict[str, tuple[float, float]] = {}
+        sparse: list[str] = []  # activations with too few values for the method: min / max
         if not self.weight_only:
             if self.data is None:
                 raise UsageError("quantize: calibration needs data: Quantize(data=...) in Python, "
                                  "--data FILE.npz on the command line (or weight_only=true)")
             outs = list(dict.fromkeys(n.outputs[0].name for n in targets))
-            ranges = self._calibrate(runner_for(model), list(act_values), outs, kept)
+            ranges, sparse = self._calibrate(runner_for(model), list(act_values), outs, kept)
 
         b = _Inserter(graph)
         dq_of: dict[str, Value] = {}
@@ -275,8 +275,8 @@ class Quantize(Pass):
                                  else self.calibration, "profile": self.profile,
                                  "per_channel": per_channel, "not_quantized": skipped,
                                  "bias_kept_float": bias_float, "notes": notes}
-        if getattr(self, "_sparse", None):
-            notes.append(f"{len(self._sparse)} activation(s) had under {MIN_SAMPLES} calibration values "
+        if sparse:
+            notes.append(f"{len(sparse)} activation(s) had under {MIN_SAMPLES} calibration values "
                          f"and use min/max instead of {self.calibration}")
         if kept:
             sqnr = self._sqnr(model, quantized, targets, kept)
@@ -285,8 +285,10 @@ class Quantize(Pass):
                 stats["worst_sqnr_db"] = round(min(sqnr.values()), 2)
         return PassResult(model, True, stats)
 
-    def _calibrate(self, runner, names: list[str], outputs: list[str], kept: list) -> dict[str, tuple[float, float]]:
-        from refold.progress import StepBar
+    def _calibrate(self, runner, names: list[str], outputs: list[str],
+                   kept: list) -> tuple[dict[str, tuple[float, float]], list[str]]:
+        """Ranges per activation, and those that fell back to min / max for want of values."""
+        from refold.ir.progress import StepBar
 
         cal = Calibrator(names)
         batches: list = []
@@ -312,8 +314,8 @@ class Quantize(Pass):
         kwargs = {"percentile": self.percentile} if self.calibration == "percentile" else {}
         if self.profile == "tensorrt":  # symmetric int8: 127 levels a side, whatever the sign
             kwargs["unsigned_levels"] = 127
-        self._sparse = cal.sparse() if self.calibration != "minmax" else []
-        return cal.ranges(self.calibration, **kwargs)
+        sparse = cal.sparse() if self.calibration != "minmax" else []
+        return cal.ranges(self.calibration, **kwargs), sparse
 
     def _fit_bias(self, n: Node, w_scale: np.ndarray, axis: int | None) -> np.ndarray:
         """Raise a channel's weight scale where s_x * s_w is too small for its bias in int32 (a dead
@@ -395,7 +397,6 @@ class _Inserter:
 
     def __init__(self, graph: Graph):
         self.graph = graph
-        self.counter = itertools.count()
 
     def _const(self, arr: np.ndarray, prefix: str) -> Value:
         return self.graph.add_const(Tensor.from_array(np.asarray(arr)), prefix=prefix)
