@@ -295,3 +295,164 @@ def test_weight_only_needs_no_data_and_exclude_keeps_nodes_float(tmp_path):
     matmul = next(n for n in proto.graph.node if n.op_type == "MatMul")
     producers = {o: n.op_type for n in proto.graph.node for o in n.output}
     assert all(producers.get(i) != "DequantizeLinear" for i in matmul.input)
+
+
+def _scale_of(proto, value, op="QuantizeLinear"):
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    return [float(inits[n.input[1]]) for n in proto.graph.node if n.op_type == op and n.input[0] == value]
+
+
+def _pooled_cnn(opset=17):
+    rng = np.random.default_rng(0)
+    w = lambda name, *shape: numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.3, name)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["m"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Conv", ["x", "w2"], ["c"], strides=[2, 2]),
+             helper.make_node("Concat", ["m", "c"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w3"], ["d"]),
+             helper.make_node("AveragePool", ["d"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Reshape", ["p", "shape"], ["flat"]),
+             helper.make_node("Transpose", ["flat"], ["t"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["t", "w4"], ["y"])]
+    inits = [w("w1", 8, 3, 3, 3), w("b1", 8), w("w2", 8, 3, 2, 2), w("w3", 4, 16, 1, 1), w("w4", 4, 5),
+             numpy_helper.from_array(np.array([1, 4, 16], np.int64), "shape")]
+    return _model(nodes, [_vi("x", [1, 3, 16, 16])], [_vi("y", [1, 16, 5])], inits, opset=opset)
+
+
+def _sqnr(ref, got):
+    return 10 * np.log10((ref ** 2).sum() / ((ref - got) ** 2).sum())
+
+
+def test_concat_and_pass_through_ops_share_one_scale(tmp_path):
+    # onnxruntime#12254 (Concat quantized twice), executorch#19159 (concat inputs need one scale),
+    # PEERS: reshape / transpose / max-pool keep their input's scale, so ORT runs them in int8
+    m = _pooled_cnn()
+    data = _data((1, 3, 16, 16), 8)
+    proto, report = refold.optimize(m, passes=[Quantize(concat=True, pooling=True, data=data)])
+    st = report.record("quantize").stats
+    assert st["quantized"] == 7 and st["shared_scales"] >= 2  # 3 convs, matmul, concat, 2 pools
+    q_inputs = [n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(q_inputs) == len(set(q_inputs))  # each tensor quantized once
+    cat = next(n for n in proto.graph.node if n.op_type == "Concat")
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    cat_in = [producers[i] for i in cat.input]
+    assert all(p.op_type == "DequantizeLinear" for p in cat_in)
+    assert len({p.input[1] for p in cat_in}) == 1  # one scale constant for every concat input ...
+    assert _scale_of(proto, "cat") == _scale_of(proto, "m")  # ... and the concat's output
+    assert _scale_of(proto, "m") == _scale_of(proto, "r")  # max-pool keeps relu's scale
+    assert _scale_of(proto, "t") == _scale_of(proto, "p")  # reshape + transpose keep the pool's
+    assert _scale_of(proto, "p") != _scale_of(proto, "d")  # an average has its own, narrower range
+    assert "Relu" in [n.op_type for n in proto.graph.node]
+    x = _data((1, 3, 16, 16), 1, seed=5)[0]
+    assert _sqnr(OrtRunner(m).run(x)["y"], OrtRunner(proto).run(x)["y"]) > 25
+    # ONNX Runtime runs the max-pool, reshape and transpose on int8: no DQ feeds them any more
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opt = onnx.load(str(tmp_path / "opt.onnx"))
+    made = {o: n.op_type for n in opt.graph.node for o in n.output}
+    for n in opt.graph.node:
+        if n.op_type in ("MaxPool", "Transpose"):
+            assert made.get(n.input[0]) != "DequantizeLinear", n.op_type
+
+
+def test_without_the_options_concat_and_pools_stay_float():
+    proto, report = refold.optimize(_pooled_cnn(), passes=[Quantize(data=_data((1, 3, 16, 16)))])
+    producers = {o: n.op_type for n in proto.graph.node for o in n.output}
+    cat = next(n for n in proto.graph.node if n.op_type == "Concat")
+    # ORT profile: conv outputs are requantized, so the concat's conv input is a DQ; the max-pool
+    # output is not quantized (nothing quantized reads it but the float concat)
+    assert producers[cat.input[0]] == "MaxPool" and report.record("quantize").stats["quantized"] == 4
+
+
+@pytest.mark.parametrize("profile", ["ort", "tensorrt"])
+def test_relu_is_never_dropped_and_its_output_is_what_ort_quantizes(profile):
+    # onnxruntime#9425 / #11660: removing a Relu after Q is wrong for signed or symmetric
+    # activations; here the pre-relu values are mostly negative (bias -1)
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.standard_normal((4, 3, 1, 1)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(np.full(4, -1.0, np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((2, 4, 1, 1)).astype(np.float32), "w2")
+    m = _model([helper.make_node("Conv", ["x", "w1", "b1"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+                helper.make_node("Conv", ["r", "w2"], ["y"])], [_vi("x", [1, 3, 6, 6])], [_vi("y", [1, 2, 6, 6])],
+               [w1, b1, w2])
+    proto, _ = refold.optimize(m, passes=[Quantize(profile=profile, data=_data((1, 3, 6, 6)))])
+    assert [n.op_type for n in proto.graph.node if n.op_type in ("Conv", "Relu")] == ["Conv", "Relu", "Conv"]
+    assert _scale_of(proto, "a") == []  # never the pre-relu values: they would waste the range
+    assert len(_scale_of(proto, "r")) == 1
+    x = _data((1, 3, 6, 6), 1, seed=4)[0]
+    assert _sqnr(OrtRunner(m).run(x)["y"], OrtRunner(proto).run(x)["y"]) > 25
+
+
+def test_int16_activations_keep_int8_weights_and_raise_the_opset():
+    # onnxruntime#20881: under per_channel the activation type overrode the weight type (A16W8
+    # became A16W16). The model is at opset 11 with an attribute-axes Squeeze, rewritten for 21.
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    m = _model([helper.make_node("Conv", ["x", "w"], ["a"]), helper.make_node("Unsqueeze", ["a"], ["u"], axes=[0]),
+                helper.make_node("Squeeze", ["u"], ["s"], axes=[0]), helper.make_node("Relu", ["s"], ["y"])],
+               [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 4, 6, 6])], [w], opset=11)
+    data = _data((1, 3, 8, 8), 8)
+    wide, report = refold.optimize(m, passes=[Quantize(activations="int16", data=data)])
+    narrow, _ = refold.optimize(m, passes=[Quantize(data=data)])
+    assert wide.opset_import[0].version == 21
+    assert "opset raised from 11 to 21" in report.record("quantize").stats["notes"][0]
+    types = {zp.dtype for n, s, zp, q, axis in _pairs(wide) if q is None}
+    weights = {q.dtype for n, s, zp, q, axis in _pairs(wide) if q is not None}
+    assert types == {np.dtype(np.int16)} and weights == {np.dtype(np.int8)}
+    onnx.checker.check_model(wide, full_check=True)
+    x = data[0]  # a calibration input: no clipping, only rounding
+    weights_only, _ = refold.optimize(m, passes=[Quantize(weight_only=True)])
+    ref = OrtRunner(weights_only).run(x)["y"]  # the same int8 weights: what is left is the activations' error
+    assert _sqnr(ref, OrtRunner(wide).run(x)["y"]) > _sqnr(ref, OrtRunner(narrow).run(x)["y"]) + 30
+    with pytest.raises(UsageError):
+        Quantize(profile="tensorrt", activations="int16")
+
+
+def test_concat_pooling_and_int16_work_on_torch_modules_like_on_onnx(tmp_path):
+    import torch
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(3, 8, 2, stride=2)
+            self.head = torch.nn.Linear(16, 5)
+
+        def forward(self, x):
+            m = torch.nn.functional.max_pool2d(torch.relu(self.a(x)), 2)
+            cat = torch.cat([m, self.b(x)], 1)
+            return self.head(torch.nn.functional.adaptive_avg_pool2d(cat, 1).flatten(1))
+
+    net = Net().eval()
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 3, 16, 16) for _ in range(6)]
+    path = str(tmp_path / "net.onnx")
+    torch.onnx.export(net, (xs[0],), path, dynamo=False, opset_version=17, input_names=["x"], output_names=["y"])
+    for kw in (dict(concat=True, pooling=True), dict(activations="int16")):
+        gm, rep_t = refold.optimize(net, (xs[0],), passes=[Quantize(data=[(x,) for x in xs], **kw)])
+        proto, rep_o = refold.optimize(path, passes=[Quantize(data=[{"x": x.numpy()} for x in xs], **kw)])
+        assert rep_t.record("quantize").stats["quantized"] == rep_o.record("quantize").stats["quantized"], kw
+        with torch.no_grad():
+            y_t, y_f = gm(xs[0]).numpy(), net(xs[0]).numpy()
+        y_o = OrtRunner(proto).run({"x": xs[0].numpy()})["y"]
+        err = np.abs(y_t - y_f).max()
+        assert 0 < err and np.abs(y_t - y_o).max() < 0.25 * err + 1e-6, (kw, np.abs(y_t - y_o).max(), err)
+
+
+def test_tied_embedding_is_quantized_for_the_head_and_left_float_for_the_lookup():
+    # onnxruntime#28326: a tied embedding (the same table read by Gather and by the output Gemm)
+    # crashed DQ fusion. Here the head reads an int8 copy, the lookup the float table.
+    rng = np.random.default_rng(0)
+    emb = numpy_helper.from_array(rng.standard_normal((11, 6)).astype(np.float32), "emb")
+    nodes = [helper.make_node("Gather", ["emb", "ids"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("Gemm", ["r", "emb"], ["y"], transB=1)]
+    m = _model(nodes, [helper.make_tensor_value_info("ids", TensorProto.INT64, [4])], [_vi("y", [4, 11])], [emb])
+    data = [{"ids": rng.integers(0, 11, 4)} for _ in range(6)]
+    proto, report = refold.optimize(m, passes=[Quantize(data=data)])
+    gather = next(n for n in proto.graph.node if n.op_type == "Gather")
+    assert gather.input[0] == "emb" and _axis_of(proto, "emb") == (0, (11,))
+    ids = data[0]
+    assert _sqnr(OrtRunner(m).run(ids)["y"], OrtRunner(proto).run(ids)["y"]) > 25

@@ -23,11 +23,14 @@ from refold.ir.graph import CORE, Graph, Model, Node, Value
 from refold.ir.tensor import Tensor
 from refold.passes.base import RAISED, Option, Pass, PassResult, Reason
 from refold.passes.quantize.calibration import METHODS, MIN_SAMPLES, Calibrator
+from refold.passes.quantize.opset import blockers, raise_opset
 from refold.passes.quantize.params import (activation_params, check_pair, quantize_bias, quantize_weight,
                                            weight_params)
+from refold.passes.quantize.sharing import ScaleGroups, is_pool, is_relu, pass_through_source
 
 TARGETS = ("conv", "conv_transpose", "gemm", "linear", "matmul")
 PER_CHANNEL_OPSET = 13
+WIDE_OPSET = 21  # QuantizeLinear with int16 / uint16
 SQNR_BATCHES = 4  # calibration batches kept to measure each layer's error afterwards
 
 
@@ -61,50 +64,10 @@ def _weight_index(node: Node) -> int | None:
 
 def _activation_inputs(node: Node) -> list[int]:
     widx = _weight_index(node)
-    n = 2 if node.op in ("gemm", "matmul", "add") else 1
+    n = len(node.inputs) if node.op == "concat" else 2 if node.op in ("gemm", "matmul", "add") else 1
     return [i for i in range(n) if i != widx and node.inputs[i] is not None
             and node.inputs[i].const is None and node.inputs[i].dtype is not None
             and node.inputs[i].dtype.is_float]
-
-
-# Ops whose new versions up to opset 13 only added types (bfloat16, integers, sequences): same
-# meaning on the tensors a model already uses.
-_TYPE_ONLY = {"Abs", "Add", "Cast", "Ceil", "Concat", "Constant", "Div", "Elu", "Equal", "Erf", "Exp",
-              "Expand", "Flatten", "Floor", "Gather", "GlobalAveragePool", "Greater", "HardSigmoid",
-              "Identity", "LeakyRelu", "Less", "Log", "MatMul", "MaxPool", "Mul", "Neg", "Not", "Pow",
-              "Reciprocal", "Relu", "Shape", "Sigmoid", "Sign", "Size", "Sqrt", "Sub", "Tanh", "Tile",
-              "Transpose", "Where", "Gemm", "Conv", "BatchNormalization", "Reshape", "Slice", "Clip"}
-_LAST_AXIS_SAME = {"Softmax", "LogSoftmax", "Hardmax"}  # before 13: over flattened trailing dims
-
-
-def _opset_blockers(model: Model, target: int) -> list[str]:
-    """ONNX ops whose meaning changes between the model's opset and ``target`` (so the model's
-    opset cannot simply be raised to allow per-channel Q/DQ). Versions that only added types do
-    not count, nor a softmax over the last axis (the same in both definitions)."""
-    import onnx
-
-    have = model.opset
-    if have >= target:
-        return []
-    out = []
-    for n in model.graph.all_nodes():
-        if n.dialect != "onnx" or n.domain not in ("", "ai.onnx"):
-            continue
-        try:
-            a = onnx.defs.get_schema(n.op, have, "").since_version
-            b = onnx.defs.get_schema(n.op, target, "").since_version
-        except Exception:
-            out.append(n.op)
-            continue
-        if a == b or n.op in _TYPE_ONLY:
-            continue
-        if n.op in _LAST_AXIS_SAME:
-            rank = n.inputs[0].rank
-            axis = n.attrs.get("axis", 1)
-            if rank is not None and axis % rank == rank - 1:
-                continue
-        out.append(n.op)
-    return sorted(set(out))
 
 
 class Quantize(Pass):
@@ -123,14 +86,16 @@ class Quantize(Pass):
         Option("percentile", float, 99.999, "for calibration=percentile: the percentile of |x| kept"),
         Option("profile", str, "ort", "ort: uint8 asymmetric activations, what ONNX Runtime fuses; "
                "tensorrt: int8 symmetric, zero point 0, no bias quantization", choices=("ort", "tensorrt")),
-        Option("activations", str, "auto", "activation type (auto: uint8 for ort, int8 for tensorrt)",
-               choices=("auto", "uint8", "int8")),
+        Option("activations", str, "auto", "activation type (auto: uint8 for ort, int8 for tensorrt; "
+               "int16 / uint16 need opset 21)", choices=("auto", "uint8", "int8", "int16", "uint16")),
         Option("per_channel", bool, True, "weights per output channel (else per tensor)"),
         Option("weight_only", bool, False, "quantize weights only; no calibration data needed"),
         Option("exclude", str, "", "node names or core op types to leave in float, separated by '+'"),
         Option("attention", bool, True, "quantize matmuls of two activations (attention scores and context)"),
         Option("adds", str, "auto", "quantize both inputs of residual adds (auto: for tensorrt, which "
                "wants Q/DQ on the residual branch to fuse conv+add)", choices=("auto", "on", "off")),
+        Option("concat", bool, False, "quantize concat: its inputs and output share one scale"),
+        Option("pooling", bool, False, "quantize the inputs of max and average pooling (an int8 pool)"),
     )
 
     def __init__(self, *args, data: Iterable[Any] | None = None, **kwargs):
@@ -138,66 +103,89 @@ class Quantize(Pass):
         self.data = data
 
     def validate(self) -> None:
-        if self.profile == "tensorrt" and self.activations == "uint8":
-            raise UsageError("quantize: profile=tensorrt takes int8 activations (zero point 0), not uint8")
+        if self.profile == "tensorrt" and self.activations not in ("auto", "int8"):
+            raise UsageError(f"quantize: profile=tensorrt takes int8 activations (zero point 0), "
+                             f"not {self.activations}")
         if not 0 < self.percentile <= 100:
             raise UsageError(f"quantize: percentile={self.percentile} is not in (0, 100]")
 
     # -- the pass ---------------------------------------------------------------------------
-    def call(self, model: Model) -> PassResult:
-        graph = model.graph
+    def _select(self, graph: Graph) -> tuple[list[Node], dict[str, Reason]]:
+        """The nodes to quantize, in graph order, and why the others were passed over."""
         excluded = {e.strip() for e in self.exclude.split("+") if e.strip()}
         skipped: dict[str, Reason] = {}
         targets = []
         adds = self.adds == "on" or (self.adds == "auto" and self.profile == "tensorrt")
         for n in graph:
+            key = n.name or n.outputs[0].name
             if adds and n.domain == CORE and n.op == "add" and len(_activation_inputs(n)) == 2:
-                targets.append(n)  # x + f(x): both branches quantized, one scale each
-                continue
-            if n.domain != CORE or n.op not in TARGETS:
+                kind = "add"  # x + f(x): both branches quantized, one scale each
+            elif self.concat and n.domain == CORE and n.op == "concat":
+                kind = "concat"
+            elif self.pooling and is_pool(n):
+                kind = "pool"
+            elif n.domain == CORE and n.op in TARGETS:
+                kind = n.op
+            else:
                 if n.dialect == "onnx" and n.op in ("QuantizeLinear", "DequantizeLinear", "QLinearConv",
                                                     "QLinearMatMul", "MatMulInteger", "ConvInteger"):
-                    skipped[n.name or n.outputs[0].name] = Reason(
-                        f"{n.op}: the model is already quantized here; left as it is", "already-quantized")
+                    skipped[key] = Reason(f"{n.op}: the model is already quantized here; left as it is",
+                                          "already-quantized")
                 continue
-            key = n.name or n.outputs[0].name
-            if key in excluded or n.op in excluded:
+            if key in excluded or n.op in excluded or (kind == "pool" and "pool" in excluded):
                 skipped[key] = Reason("excluded by the user", "excluded")
             elif any(v is not None and v.producer is not None and v.producer.op in ("dequantize_linear",
                      "DequantizeLinear") for v in n.inputs):
                 skipped[key] = Reason("already reads dequantized values", "already-quantized")
             elif not _activation_inputs(n) and _weight_index(n) is None:
                 skipped[key] = Reason("no float input to quantize", "nothing-to-quantize")
+            elif kind == "concat" and len(_activation_inputs(n)) != len(n.inputs):
+                skipped[key] = Reason("a concat with constant inputs stays float (one scale for all "
+                                      "inputs would be fitted to the constant)", "constant-input")
             elif n.op == "matmul" and _weight_index(n) is None and not self.attention:
                 skipped[key] = Reason("a matmul of two activations (attention=false)", "excluded")
             else:
                 targets.append(n)
+        return targets, skipped
+
+    def _opset(self, model: Model, per_channel: bool, act_type: str, notes: list[str]) -> bool:
+        """Raise the model's opset where the Q/DQ it needs require it; returns per_channel (False
+        where a per-channel pair cannot be had)."""
+        wide = act_type in ("int16", "uint16")
+        need = WIDE_OPSET if wide else PER_CHANNEL_OPSET if per_channel else 10
+        if model.opset >= need:
+            return per_channel
+        found = blockers(model, need)
+        if found:  # ranks decide some of them (softmax axes): type what onnx could not
+            from refold.runtime.shapes import infer_shapes
+
+            infer_shapes(model, probe=True)
+            found = blockers(model, need)
+        if found and wide:
+            raise UnsupportedError(f"quantize: {act_type} activations need opset {WIDE_OPSET}; "
+                                   f"{', '.join(found)} change meaning between opset {model.opset} and it")
+        if found and need == PER_CHANNEL_OPSET:
+            notes.append(f"per-tensor weights: per-channel Q/DQ needs opset {PER_CHANNEL_OPSET} and "
+                         f"{', '.join(found)} change meaning between opset {model.opset} and it")
+            return self._opset(model, False, act_type, notes)
+        if found:
+            raise UnsupportedError(f"quantize: QuantizeLinear needs opset 10; the model is at {model.opset}")
+        old = model.opset
+        raise_opset(model, need)
+        notes.append(f"opset raised from {old} to {need} for {act_type if wide else 'per-channel'} Q/DQ "
+                     f"(no op of the model changes meaning)")
+        return per_channel
+
+    def call(self, model: Model) -> PassResult:
+        graph = model.graph
+        targets, skipped = self._select(graph)
         if not targets:
             return PassResult(model, False, {"quantized": 0, "not_quantized": skipped})
 
-        per_channel = self.per_channel
-        notes = []
-        if per_channel and model.opset < PER_CHANNEL_OPSET:
-            blockers = _opset_blockers(model, PER_CHANNEL_OPSET)
-            if blockers:  # ranks decide some of them (softmax axes): type what onnx could not
-                from refold.runtime.shapes import infer_shapes
-
-                infer_shapes(model, probe=True)
-                blockers = _opset_blockers(model, PER_CHANNEL_OPSET)
-            if blockers:
-                per_channel = False
-                notes.append(f"per-tensor weights: per-channel Q/DQ needs opset {PER_CHANNEL_OPSET} and "
-                             f"{', '.join(blockers)} change meaning between opset {model.opset} and it")
-            else:
-                old = model.opset
-                model.opset_imports["" if "" in model.opset_imports else "ai.onnx"] = PER_CHANNEL_OPSET
-                notes.append(f"opset raised from {old} to {PER_CHANNEL_OPSET} for per-channel Q/DQ "
-                             f"(no op of the model changes meaning)")
-        if model.opset < 10:
-            raise UnsupportedError(f"quantize: QuantizeLinear needs opset 10; the model is at {model.opset}")
-
         act_type = self.activations if self.activations != "auto" else (
             "int8" if self.profile == "tensorrt" else "uint8")
+        notes: list[str] = []
+        per_channel = self._opset(model, self.per_channel, "int8" if self.weight_only else act_type, notes)
         symmetric = self.profile == "tensorrt"
         act_values: dict[str, Value] = {}
         for n in targets:
@@ -205,14 +193,31 @@ class Quantize(Pass):
                 act_values.setdefault(n.inputs[i].name, n.inputs[i])
         # ONNX Runtime turns DQ -> conv -> Q into an int8 conv only when the output is quantized
         # too; without the Q it runs a float conv and dequantizes the weight on every run
-        # (1.8x slower on PP-OCR rec). TensorRT wants pairs on inputs only.
+        # (1.8x slower on PP-OCR rec). A relu in between stays, and its output is the one
+        # quantized (ORT fuses conv -> relu -> Q where the zero point allows; the relu is never
+        # dropped here, which is wrong for signed activations, onnxruntime#9425). TensorRT wants
+        # pairs on inputs only.
         requant: set[str] = set()
         if self.profile == "ort" and not self.weight_only:
             for n in targets:
                 out = n.outputs[0]
+                readers = [r for r, _ in out.uses()]
+                if len(readers) == 1 and is_relu(readers[0]) and not graph.is_output(out):
+                    out = readers[0].outputs[0]
                 if out.dtype is not None and out.dtype.is_float and not graph.is_output(out) and out.uses():
                     act_values.setdefault(out.name, out)
                     requant.add(out.name)
+        groups = ScaleGroups(act_values)
+        for name, v in act_values.items():  # pass-through ops keep their input's scale
+            src = pass_through_source(v, act_values)
+            if src is not None:
+                groups.union(name, src)
+        for n in targets:  # concat inputs and output: one scale
+            if n.op == "concat" and n.domain == CORE:
+                for i in range(len(n.inputs)):
+                    groups.union(n.inputs[0].name, n.inputs[i].name)
+                if n.outputs[0].name in act_values:
+                    groups.union(n.inputs[0].name, n.outputs[0].name)
 
         from refold.runtime import runner_for
 
@@ -224,17 +229,26 @@ class Quantize(Pass):
                 raise UsageError("quantize: calibration needs data: Quantize(data=...) in Python, "
                                  "--data FILE.npz on the command line (or weight_only=true)")
             outs = list(dict.fromkeys(n.outputs[0].name for n in targets))
-            ranges, sparse = self._calibrate(runner_for(model), list(act_values), outs, kept)
+            ranges, sparse = self._calibrate(runner_for(model), list(act_values), outs, kept, act_type)
 
         b = _Inserter(graph)
         dq_of: dict[str, Value] = {}
+        if not self.weight_only:
+            for name, v in act_values.items():  # relu(x) with x >= 0 is x: one scale
+                p = v.producer
+                if p is not None and is_relu(p) and p.inputs[0].name in act_values and ranges[p.inputs[0].name][0] >= 0:
+                    groups.union(name, p.inputs[0].name)
+            ranges = groups.ranges(ranges)
+        params: dict[str, tuple] = {}  # group -> (scale, zero point) constants, made once
         for name, v in act_values.items():
             if self.weight_only:
                 break
-            lo, hi = ranges[name]
-            scale, zp = activation_params(lo, hi, act_type, symmetric)
-            check_pair(name, scale, zp, None, None)
-            dq_of[name] = b.qdq(v, scale, zp)
+            root = groups.find(name)
+            if root not in params:
+                scale, zp = activation_params(*ranges[name], act_type, symmetric)
+                check_pair(name, scale, zp, None, None)
+                params[root] = b.params(scale, zp, root)
+            dq_of[name] = b.qdq(v, *params[root])
             if name in requant:  # every reader of a quantized op's output reads it requantized
                 q_node = dq_of[name].producer.inputs[0].producer
                 for reader, i in list(v.uses()):
@@ -271,6 +285,8 @@ class Quantize(Pass):
             quantized.append(key)
 
         stats: dict[str, Any] = {"quantized": len(quantized), "activations": len(dq_of),
+                                 "activation_type": None if self.weight_only else act_type,
+                                 "shared_scales": 0 if self.weight_only else groups.shared(),
                                  "weights": len(weights), "calibration": "weight_only" if self.weight_only
                                  else self.calibration, "profile": self.profile,
                                  "per_channel": per_channel, "not_quantized": skipped,
@@ -285,8 +301,8 @@ class Quantize(Pass):
                 stats["worst_sqnr_db"] = round(min(sqnr.values()), 2)
         return PassResult(model, True, stats)
 
-    def _calibrate(self, runner, names: list[str], outputs: list[str],
-                   kept: list) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    def _calibrate(self, runner, names: list[str], outputs: list[str], kept: list,
+                   act_type: str) -> tuple[dict[str, tuple[float, float]], list[str]]:
         """Ranges per activation, and those that fell back to min / max for want of values."""
         from refold.ir.progress import StepBar
 
@@ -314,6 +330,8 @@ class Quantize(Pass):
         kwargs = {"percentile": self.percentile} if self.calibration == "percentile" else {}
         if self.profile == "tensorrt":  # symmetric int8: 127 levels a side, whatever the sign
             kwargs["unsigned_levels"] = 127
+        elif act_type in ("int16", "uint16"):  # clip points searched at the type's resolution
+            kwargs["unsigned_levels"], kwargs["signed_levels"] = 65535, 32767
         sparse = cal.sparse() if self.calibration != "minmax" else []
         return cal.ranges(self.calibration, **kwargs), sparse
 
@@ -419,12 +437,15 @@ class _Inserter:
         else:
             self.graph.insert_before(first, node)
 
-    def qdq(self, v: Value, scale: np.ndarray, zp: np.ndarray) -> Value:
+    def params(self, scale: np.ndarray, zp: np.ndarray, name: str) -> tuple[Value, Value]:
+        """The scale and zero-point constants of one activation group."""
+        return self._const(scale, f"{name}_scale"), self._const(zp, f"{name}_zero_point")
+
+    def qdq(self, v: Value, s: Value, z: Value) -> Value:
         """x -> Q -> DQ right after x's producer (or at the top for a graph input)."""
-        s, z = self._const(scale, f"{v.name}_scale"), self._const(zp, f"{v.name}_zero_point")
         q = self._node("quantize_linear", [v, s, z], v.producer, None, v.name)
         dq = self._node("dequantize_linear", [q, s, z], q.producer, None, v.name)
-        q.dtype, q.shape = _dtype_of(zp), v.shape
+        q.dtype, q.shape = _dtype_of(z.const.numpy()), v.shape
         dq.dtype, dq.shape = v.dtype, v.shape
         return dq
 
