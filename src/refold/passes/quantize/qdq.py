@@ -90,6 +90,11 @@ class Quantize(Pass):
                "int16 / uint16 need opset 21)", choices=("auto", "uint8", "int8", "int16", "uint16")),
         Option("per_channel", bool, True, "weights per output channel (else per tensor)"),
         Option("weight_only", bool, False, "quantize weights only; no calibration data needed"),
+        Option("weights", str, "int8", "weight type", choices=("int8", "int4")),
+        Option("group", str, "auto", "weight_only: weight groups along input channels (ic32, ic64, ic128) "
+               "or one scale per output channel (oc); auto: int8 per output channel, int4 chosen per "
+               "layer by the lower output error on the data (weight error without data)",
+               choices=("auto", "oc", "ic32", "ic64", "ic128")),
         Option("exclude", str, "", "node names or core op types to leave in float, separated by '+'"),
         Option("attention", bool, True, "quantize matmuls of two activations (attention scores and context)"),
         Option("adds", str, "auto", "quantize both inputs of residual adds (auto: for tensorrt, which "
@@ -182,6 +187,10 @@ class Quantize(Pass):
         if not targets:
             return PassResult(model, False, {"quantized": 0, "not_quantized": skipped})
 
+        if self.weight_only and (self.weights == "int4" or self.group not in ("auto", "oc")):
+            from refold.passes.quantize.weight_only import quantize_weights
+
+            return quantize_weights(self, model, targets, skipped)
         act_type = self.activations if self.activations != "auto" else (
             "int8" if self.profile == "tensorrt" else "uint8")
         notes: list[str] = []
