@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import traceback
+from contextlib import nullcontext
 
 from refold import errors
 from refold.errors import RefoldError, Terminated, UsageError
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
                    ".npz with one array per graph input, first axis the samples, or a folder of .npz "
                    "files, one batch each")
     r.add_argument("--json", metavar="FILE", help="also write the per-pass report as JSON")
+    r.add_argument("--quiet", action="store_true", help="no progress bars (there are none when stderr is not a terminal)")
     r.add_argument("--report", metavar="HTML", help="also write an HTML before/after viewer with the pass table")
     r.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
@@ -153,9 +155,9 @@ def cmd_run(args) -> int:
         raise UsageError(f"--dim {', '.join(unknown)}: not a symbolic input dim of {args.model}; "
                          f"its symbolic dims: {', '.join(sorted(symbolic)) or 'none'}")
     from refold.frontends.onnx.exporter import exported_node_count
-    from refold.ir.progress import StepBar
+    from refold.ir.progress import StepBar, silenced
 
-    with StepBar("pass") as bar:
+    with silenced() if args.quiet else nullcontext(), StepBar("pass") as bar:
         pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
                          check_limit_bytes=int(args.check_limit_mb * 2**20),
                          count=exported_node_count, progress=bar if bar.enabled else None)

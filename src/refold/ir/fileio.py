@@ -1,4 +1,4 @@
-"""Writing text files so that a reader never sees half of one."""
+"""Writing files so that a reader never sees half of one."""
 from __future__ import annotations
 
 import os
@@ -8,10 +8,15 @@ from refold.errors import OutputError
 
 def write_text_atomic(path: str, text: str) -> None:
     """Write beside the destination, then rename: a reader never sees half a file."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """``write_text_atomic`` for bytes."""
     tmp = path + ".refold-tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):

@@ -1,8 +1,21 @@
 """Progress for long work: a tqdm bar on a terminal, nothing at all when output is redirected."""
 from __future__ import annotations
 
+import contextlib
 import sys
-from typing import Callable
+from typing import Callable, Iterator
+
+_SILENCED = [False]
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """No bar while inside (the CLI's --quiet)."""
+    old, _SILENCED[0] = _SILENCED[0], True
+    try:
+        yield
+    finally:
+        _SILENCED[0] = old
 
 
 class StepBar:
@@ -10,7 +23,7 @@ class StepBar:
     terminal (or ``force``). Call ``close()`` when done (or use it as a context manager)."""
 
     def __init__(self, unit: str = "step", *, force: bool = False):
-        self.enabled = force or sys.stderr.isatty()
+        self.enabled = force or (sys.stderr.isatty() and not _SILENCED[0])
         self.unit = unit
         self._bar = None
 

@@ -35,6 +35,25 @@ def _bn_stats(m: Match) -> tuple[np.ndarray, np.ndarray]:
     return s, beta - mean * s
 
 
+def _recording(fold, forward: bool = False):
+    """The fold, leaving the BN's statistics on the new output (s * z + t for the BN input z):
+    data-free calibration (quantize's ZeroQ) matches them after the BN is gone."""
+    def fold_and_record(b: Builder, m: Match):
+        new = out = fold(b, m)
+        if out is not None:
+            bn = m.node("bn")
+            s, t = _bn_stats(m)
+            if forward:  # BN before the op: its input z is still there, unscaled
+                out, s, t = m["x"], np.ones_like(s), np.zeros_like(t)
+            out.meta["bn_statistics"] = {"mean": _f64(m["bn_mean"]).tolist(),
+                                         "std": np.sqrt(np.maximum(_f64(m["bn_var"]), 0)).tolist(),
+                                         "scale": s.tolist(), "shift": t.tolist(),
+                                         "source": bn.name or bn.outputs[0].name}
+        return new
+    fold_and_record.__name__ = fold.__name__
+    return fold_and_record
+
+
 def _bn_why_not(m: Match) -> str | None:
     bn = m.node("bn")
     eps = float(bn.attrs.get("epsilon", 1e-5))
@@ -290,15 +309,16 @@ def _rules(mode: str) -> list[Rule]:
     bn_x = op.core.batch_norm(x, Const("bn_scale"), Const("bn_bias"), Const("bn_mean"), Const("bn_var"),
                               _name="bn")
     return [
-        Rule("fuse-conv-bn", _bn(conv), _fold_conv, why()),
-        Rule("fuse-convtranspose-bn", _bn(convt), _fold_conv_transpose, why()),
-        Rule("fuse-linear-bn", _bn(linear), _fold_linear, why(_rank2_output)),
+        Rule("fuse-conv-bn", _bn(conv), _recording(_fold_conv), why()),
+        Rule("fuse-convtranspose-bn", _bn(convt), _recording(_fold_conv_transpose), why()),
+        Rule("fuse-linear-bn", _bn(linear), _recording(_fold_linear), why(_rank2_output)),
         Rule("fuse-gemm-bn", _bn(op.core.gemm(x, w, Var("b", optional=True), _name="conv", transA=0)),
-             _fold_gemm, why(_rank2_output)),
-        Rule("fuse-matmul-bn", _bn(op.core.matmul(x, w, _name="conv")), _fold_matmul,
+             _recording(_fold_gemm), why(_rank2_output)),
+        Rule("fuse-matmul-bn", _bn(op.core.matmul(x, w, _name="conv")), _recording(_fold_matmul),
              why(_rank2_output, lambda m: None if m["w"].rank == 2 else "weight is not a matrix")),
-        Rule("fuse-bn-conv", op.core.conv(bn_x, w, bias, _name="conv"), _fold_forward_conv, _forward_why_not),
-        Rule("fuse-bn-linear", op.core.linear(bn_x, w, bias, _name="conv"), _fold_forward_linear,
+        Rule("fuse-bn-conv", op.core.conv(bn_x, w, bias, _name="conv"), _recording(_fold_forward_conv, True),
+             _forward_why_not),
+        Rule("fuse-bn-linear", op.core.linear(bn_x, w, bias, _name="conv"), _recording(_fold_forward_linear, True),
              lambda m: _forward_why_not(m) or (None if m["x"].rank == 2 else
                                                "BatchNorm1d over a rank-3 input is not over the linear's features")),
     ]
@@ -322,6 +342,10 @@ def _to_affine(model: Model) -> int:
             s = _f64(gamma) / np.sqrt(_f64(var) + eps)
             t = _f64(beta) - _f64(mean) * s
             shape = _channel_shape(x.rank, 1)
+            x.meta.setdefault("bn_statistics", {  # for data-free calibration, as _recording
+                "mean": _f64(mean).tolist(), "std": np.sqrt(np.maximum(_f64(var), 0)).tolist(),
+                "scale": np.ones_like(s).tolist(), "shift": np.zeros_like(t).tolist(),
+                "source": bn.name or bn.outputs[0].name})
             b = Builder(g, bn)
             dt = (x.dtype or DType.FLOAT).numpy()
             # BN(x) = x * s + t, s = gamma / sqrt(var + eps), t = beta - mean * s

@@ -40,10 +40,18 @@ class TensorArg:
         return f"TensorArg({self.index}{', scalar=True' if self.scalar else ''})"
 
 
+def _dim(d) -> int | str:
+    """A static size as an int (a SymInt the export specialised, such as conv's 3 input channels,
+    prints as '3'); a symbolic one as its name."""
+    if isinstance(d, int) or not hasattr(d, "node"):
+        return int(d)
+    text = str(d)
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _fake_type(val) -> tuple[DType | None, tuple | None]:
     if isinstance(val, torch.Tensor):
-        shape = tuple(int(d) if isinstance(d, int) or not hasattr(d, "node") else str(d)
-                      for d in val.shape)
+        shape = tuple(_dim(d) for d in val.shape)
         try:
             return DType.from_torch(val.dtype), shape
         except KeyError:

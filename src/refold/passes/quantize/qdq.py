@@ -82,7 +82,13 @@ class Quantize(Pass):
     requires = frozenset({RAISED})
     exact = False  # changes outputs by design: the check reports the error, the report the SQNR
     options = (
-        Option("calibration", str, "minmax", "how activation ranges are chosen", choices=METHODS),
+        Option("calibration", str, "minmax", "how activation ranges are chosen (zeroq: data-free, on inputs "
+               "distilled from the BatchNorm statistics)", choices=METHODS + ("zeroq",)),
+        Option("zeroq_batch", int, 32, "calibration=zeroq: inputs distilled"),
+        Option("zeroq_iterations", int, 500, "calibration=zeroq: Adam steps"),
+        Option("zeroq_save", str, "", "calibration=zeroq: save the distilled batch to this .npz"),
+        Option("zeroq_shape", str, "", "calibration=zeroq: input shape without the batch where the model's "
+               "is symbolic, e.g. 3x48x192 (several inputs: x=3x48x192+y=...)"),
         Option("percentile", float, 99.999, "for calibration=percentile: the percentile of |x| kept"),
         Option("profile", str, "ort", "ort: uint8 asymmetric activations, what ONNX Runtime fuses; "
                "tensorrt: int8 symmetric, zero point 0, no bias quantization", choices=("ort", "tensorrt")),
@@ -233,12 +239,15 @@ class Quantize(Pass):
         kept: list = []  # (batch, float outputs of every target) for the first few batches
         ranges: dict[str, tuple[float, float]] = {}
         sparse: list[str] = []  # activations with too few values for the method: min / max
+        data, distilled = self.data, None
+        if not self.weight_only and self.calibration == "zeroq":
+            data, distilled = self._distil(model, notes)
         if not self.weight_only:
-            if self.data is None:
+            if data is None:
                 raise UsageError("quantize: calibration needs data: Quantize(data=...) in Python, "
                                  "--data FILE.npz on the command line (or weight_only=true)")
             outs = list(dict.fromkeys(n.outputs[0].name for n in targets))
-            ranges, sparse = self._calibrate(runner_for(model), list(act_values), outs, kept, act_type)
+            ranges, sparse = self._calibrate(runner_for(model), data, list(act_values), outs, kept, act_type)
 
         b = _Inserter(graph)
         dq_of: dict[str, Value] = {}
@@ -300,6 +309,8 @@ class Quantize(Pass):
                                  else self.calibration, "profile": self.profile,
                                  "per_channel": per_channel, "not_quantized": skipped,
                                  "bias_kept_float": bias_float, "notes": notes}
+        if distilled is not None:
+            stats["zeroq"] = distilled
         if sparse:
             notes.append(f"{len(sparse)} activation(s) had under {MIN_SAMPLES} calibration values "
                          f"and use min/max instead of {self.calibration}")
@@ -310,7 +321,7 @@ class Quantize(Pass):
                 stats["worst_sqnr_db"] = round(min(sqnr.values()), 2)
         return PassResult(model, True, stats)
 
-    def _calibrate(self, runner, names: list[str], outputs: list[str], kept: list,
+    def _calibrate(self, runner, data: Iterable[Any], names: list[str], outputs: list[str], kept: list,
                    act_type: str) -> tuple[dict[str, tuple[float, float]], list[str]]:
         """Ranges per activation, and those that fell back to min / max for want of values."""
         from refold.ir.progress import StepBar
@@ -319,7 +330,7 @@ class Quantize(Pass):
         batches: list = []
 
         def stream():
-            for i, batch in enumerate(self.data):
+            for i, batch in enumerate(data):
                 if i < SQNR_BATCHES:
                     batches.append(batch)
                 yield batch
@@ -337,12 +348,62 @@ class Quantize(Pass):
         if count == 0:
             raise UsageError("quantize: the calibration data is empty")
         kwargs = {"percentile": self.percentile} if self.calibration == "percentile" else {}
+        method = "minmax" if self.calibration == "zeroq" else self.calibration  # ZeroQ's own choice
         if self.profile == "tensorrt":  # symmetric int8: 127 levels a side, whatever the sign
             kwargs["unsigned_levels"] = 127
         elif act_type in ("int16", "uint16"):  # clip points searched at the type's resolution
             kwargs["unsigned_levels"], kwargs["signed_levels"] = 65535, 32767
-        sparse = cal.sparse() if self.calibration != "minmax" else []
-        return cal.ranges(self.calibration, **kwargs), sparse
+        sparse = cal.sparse() if method != "minmax" else []
+        return cal.ranges(method, **kwargs), sparse
+
+    def _zeroq_shapes(self, model: Model) -> dict[str, tuple] | None:
+        """zeroq_shape parsed: input name -> full shape, the batch first."""
+        if not self.zeroq_shape:
+            return None
+        floats = [v.name for v in model.graph.inputs if v.const is None and v.dtype is not None and v.dtype.is_float]
+        out = {}
+        for entry in self.zeroq_shape.split("+"):
+            name, _, dims = entry.rpartition("=")
+            if not name:
+                if len(floats) != 1:
+                    raise UsageError(f"quantize: zeroq_shape '{entry}' names no input, and the model has "
+                                     f"{len(floats)} float inputs ({', '.join(floats)}): write name=shape")
+                name = floats[0]
+            if name not in floats:
+                raise UsageError(f"quantize: zeroq_shape names '{name}', not a float input of the model "
+                                 f"({', '.join(floats)})")
+            try:
+                out[name] = (self.zeroq_batch, *(int(d) for d in dims.split("x")))
+            except ValueError:
+                raise UsageError(f"quantize: zeroq_shape '{entry}' is not NAME=AxBxC") from None
+        return out
+
+    def _distil(self, model: Model, notes: list[str]) -> tuple[list[dict], dict[str, Any]]:
+        """calibration=zeroq: one batch distilled from the BN statistics (saved if asked), and
+        what the distillation did."""
+        from refold.ir.fileio import check_writable
+        from refold.ir.progress import StepBar
+        from refold.passes.quantize.zeroq import distil
+
+        if self.zeroq_save:
+            check_writable(self.zeroq_save)
+        if self.data is not None:
+            notes.append("calibration=zeroq: the given data was not used")
+        with StepBar("step") as bar:
+            feeds, losses = distil(model, batch=self.zeroq_batch, iterations=self.zeroq_iterations,
+                                   shapes=self._zeroq_shapes(model), progress=bar)
+        if self.zeroq_save:
+            import io
+
+            from refold.ir.fileio import write_bytes_atomic
+
+            buf = io.BytesIO()
+            np.savez(buf, **feeds)
+            write_bytes_atomic(self.zeroq_save, buf.getvalue())
+        notes.append(f"ZeroQ: {self.zeroq_batch} inputs distilled in {len(losses)} steps, BN-statistics "
+                     f"loss {losses[0]:.4g} -> {min(losses):.4g}")
+        return [feeds], {"batch": self.zeroq_batch, "steps": len(losses), "loss_start": losses[0],
+                         "loss_best": min(losses), "saved": self.zeroq_save or None}
 
     def _fit_bias(self, n: Node, w_scale: np.ndarray, axis: int | None) -> np.ndarray:
         """Raise a channel's weight scale where s_x * s_w is too small for its bias in int32 (a dead
