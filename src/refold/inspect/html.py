@@ -60,7 +60,9 @@ def payload(a: Snapshot, b: Snapshot | None = None, d: GraphDiff | None = None, 
         out["passes"] = [{"name": r.name, "seconds": r.seconds, "nodes_before": r.nodes_before,
                           "nodes_after": r.nodes_after, "max_abs": r.max_abs, "max_rel": r.max_rel,
                           "modified": r.modified,
-                          "stats": {k: v for k, v in r.stats.items() if not isinstance(v, (dict, list))}}
+                          "stats": {k: v for k, v in r.stats.items() if not isinstance(v, (dict, list, tuple))},
+                          "tables": r.stats.get("tables") or {}, "frontier": r.stats.get("frontier"),
+                          "chosen": r.stats.get("chosen")}
                          for r in report.passes]
         out["check"] = report.check_note
     return out

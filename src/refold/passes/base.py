@@ -206,11 +206,13 @@ class Report:
         for r in self.passes:
             err = "-" if r.max_abs is None else f"{r.max_abs:.3g}"
             rel = "-" if r.max_rel is None else f"{r.max_rel:.3g}"
-            changes = ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, (dict, list)))
+            changes = ", ".join(f"{k}={v}" for k, v in r.stats.items() if not isinstance(v, (dict, list, tuple)))
             left = [_reason_counts(k, v) for k, v in r.stats.items() if _is_reasons(v)]
             changes = "; ".join(filter(None, [changes] + left))
             lines.append(f"{r.name:<22} {_ms(r.seconds)} {r.nodes_before:>6} -> {r.nodes_after:<6}"
                          f" {err:>12} {rel:>12}  {changes}")
+            for title, rows in (r.stats.get("tables") or {}).items():
+                lines += _table(title, rows)
         checked = self.check_seconds + sum(r.check_seconds for r in self.passes)
         if self.check_engine:
             lines.append(f"{'(numeric check)':<22} {_ms(checked)} {'':>15} {'':>12} {'':>12}  "
@@ -226,6 +228,16 @@ class Report:
 
 def _ms(seconds: float) -> str:
     return f"{seconds * 1000:>6.1f}ms" if seconds < 10 else f"{seconds:>7.1f}s"
+
+
+def _table(title: str, rows: list[list]) -> list[str]:
+    """A pass's table under its row: ``rows[0]`` the header, the rest aligned columns."""
+    text = [[f"{c:.4g}" if isinstance(c, float) else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in text if i < len(r)) for i in range(max(map(len, text)))]
+    out = [f"    {title}:"]
+    for row in text:
+        out.append("      " + "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return out
 
 
 def _is_reasons(v: Any) -> bool:

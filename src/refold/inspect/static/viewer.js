@@ -297,6 +297,40 @@
     const ops = Object.entries(s.ops_delta || {});
     if (ops.length) sum.appendChild(h("p", "ops: " + ops.map(([k, v]) => k + " " + v.a + "→" + v.b).join(", "), "muted"));
   }
+  // HAWQ's size / sensitivity frontier: every allocation not beaten on both, the chosen one in red
+  function frontierPlot(points, chosen) {
+    const NS = "http://www.w3.org/2000/svg", W = 420, H = 220, L = 60, B = 34;
+    const el = (tag, attrs, text) => {
+      const e = document.createElementNS(NS, tag);
+      for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+      if (text !== undefined) e.textContent = text;
+      return e;
+    };
+    const logy = points.every(([, c]) => c > 0);
+    const ys = points.map(([, c]) => (logy ? Math.log10(c) : c));
+    const xs = points.map(([s]) => s);
+    const [x0, x1, y0, y1] = [Math.min(...xs), Math.max(...xs), Math.min(...ys), Math.max(...ys)];
+    const px = (x) => L + (x1 > x0 ? (x - x0) / (x1 - x0) : 0.5) * (W - L - 10);
+    const py = (y) => H - B - (y1 > y0 ? (y - y0) / (y1 - y0) : 0.5) * (H - B - 10);
+    const svg = el("svg", { width: W, height: H, class: "frontier", role: "img" });
+    svg.appendChild(el("line", { x1: L, y1: H - B, x2: W - 10, y2: H - B, stroke: "#888" }));
+    svg.appendChild(el("line", { x1: L, y1: 10, x2: L, y2: H - B, stroke: "#888" }));
+    svg.appendChild(el("text", { x: (W + L) / 2, y: H - 6, "text-anchor": "middle", "font-size": 11 }, "weights (MB)"));
+    svg.appendChild(el("text", { x: 12, y: H / 2, "font-size": 11, transform: "rotate(-90 12 " + H / 2 + ")", "text-anchor": "middle" },
+      logy ? "log10 sensitivity" : "sensitivity"));
+    svg.appendChild(el("text", { x: L, y: H - B + 14, "font-size": 10, "text-anchor": "middle" }, String(+x0.toPrecision(3))));
+    svg.appendChild(el("text", { x: W - 10, y: H - B + 14, "font-size": 10, "text-anchor": "end" }, String(+x1.toPrecision(3))));
+    points.forEach(([s], i) => svg.appendChild(el("circle", { cx: px(s), cy: py(ys[i]), r: 2.5, fill: "#555" })));
+    if (chosen) {
+      const cy = logy ? Math.log10(chosen[1]) : chosen[1];
+      svg.appendChild(el("circle", { cx: px(chosen[0]), cy: py(cy), r: 5, fill: "none", stroke: "#d22", "stroke-width": 2 }));
+    }
+    const box = h("div", undefined, "passtable");
+    box.appendChild(h("p", "size / sensitivity frontier (" + points.length + " points; red: chosen)", "muted"));
+    box.appendChild(svg);
+    return box;
+  }
+
   if (DATA.passes) {
     const t = h("table", undefined, "passes");
     const head = h("tr");
@@ -308,6 +342,27 @@
         p.max_abs === null ? "-" : p.max_abs.toPrecision(3), p.max_rel === null ? "-" : p.max_rel.toPrecision(3),
         Object.entries(p.stats).map(([k, v]) => k + "=" + v).join(", ")].forEach((c) => r.appendChild(h("td", c)));
       t.appendChild(r);
+      const extra = [];
+      for (const [title, rows] of Object.entries(p.tables || {})) {
+        const box = h("div", undefined, "passtable");
+        box.appendChild(h("p", title, "muted"));
+        const tt = h("table");
+        rows.forEach((row, i) => {
+          const rr = h("tr");
+          row.forEach((c) => rr.appendChild(h(i ? "td" : "th", typeof c === "number" ? String(+c.toPrecision(4)) : String(c))));
+          tt.appendChild(rr);
+        });
+        box.appendChild(tt);
+        extra.push(box);
+      }
+      if (p.frontier && p.frontier.length) extra.push(frontierPlot(p.frontier, p.chosen));
+      if (extra.length) {
+        const tr = h("tr"), td = h("td");
+        td.colSpan = 7;
+        extra.forEach((e) => td.appendChild(e));
+        tr.appendChild(td);
+        t.appendChild(tr);
+      }
     }
     sum.appendChild(t);
     if (DATA.check) sum.appendChild(h("p", "check: " + DATA.check, "muted"));

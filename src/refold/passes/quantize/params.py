@@ -36,24 +36,28 @@ def activation_params(lo: float, hi: float, qtype: str, symmetric: bool) -> tupl
     return np.array(scale, np.float32), np.array(zp, dtype)
 
 
-def weight_params(w: np.ndarray, axis: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 in [-127, 127]: per channel along ``axis`` (a vector), or per tensor."""
+def weight_params(w: np.ndarray, axis: int | None, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric, in [-(2^(b-1) - 1), 2^(b-1) - 1] ([-127, 127] at 8 bits): per channel along
+    ``axis`` (a vector), or per tensor. Zero points int8 whatever the bits (stored as int8)."""
     w = np.asarray(w, np.float32)
+    qmax = float(2 ** (bits - 1) - 1)
     if axis is None:
         amax = np.abs(w).max() if w.size else 0.0
-        return np.array(max(float(amax) / 127.0, TINY), np.float32), np.array(0, np.int8)
+        return np.array(max(float(amax) / qmax, TINY), np.float32), np.array(0, np.int8)
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     amax = np.abs(moved).max(axis=1) if moved.shape[1] else np.zeros(w.shape[axis], np.float32)
-    scale = np.maximum(amax / 127.0, TINY).astype(np.float32)
+    scale = np.maximum(amax / qmax, TINY).astype(np.float32)
     return scale, np.zeros(w.shape[axis], np.int8)
 
 
-def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None) -> np.ndarray:
-    """round(w / s), clipped to [-127, 127], int8 (the restricted range TensorRT requires)."""
+def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None, bits: int = 8) -> np.ndarray:
+    """round(w / s), clipped to the symmetric b-bit range ([-127, 127] at 8: the restricted range
+    TensorRT requires), as int8."""
     w = np.asarray(w, np.float32)
+    qmax = 2 ** (bits - 1) - 1
     s = scale if axis is None or scale.ndim == 0 else scale.reshape(
         [-1 if i == axis % w.ndim else 1 for i in range(w.ndim)])
-    return np.clip(np.round(w / s), -127, 127).astype(np.int8)
+    return np.clip(np.round(w / s), -qmax, qmax).astype(np.int8)
 
 
 def quantize_bias(b: np.ndarray, x_scale: np.ndarray, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:

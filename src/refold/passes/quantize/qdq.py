@@ -20,9 +20,9 @@ import numpy as np
 
 from refold.errors import UnsupportedError, UsageError
 from refold.ir.graph import CORE, Graph, Model, Node, Value
-from refold.ir.tensor import Tensor
 from refold.passes.base import RAISED, Option, Pass, PassResult, Reason
 from refold.passes.quantize.calibration import METHODS, MIN_SAMPLES, Calibrator
+from refold.passes.quantize.insert import Inserter, numpy_of
 from refold.passes.quantize.opset import blockers, raise_opset
 from refold.passes.quantize.params import (activation_params, check_pair, quantize_bias, quantize_weight,
                                            weight_params)
@@ -97,6 +97,12 @@ class Quantize(Pass):
         Option("per_channel", bool, True, "weights per output channel (else per tensor)"),
         Option("weight_only", bool, False, "quantize weights only; no calibration data needed"),
         Option("weights", str, "int8", "weight type", choices=("int8", "int4")),
+        Option("bits", str, "uniform", "mixed: weight bits per layer by HAWQ-V2 (Hessian trace sensitivity) "
+               "within budget_mb or avg_bits", choices=("uniform", "mixed")),
+        Option("bit_choices", str, "4+8", "bits=mixed: the bit-widths a layer may get, '+'-separated"),
+        Option("budget_mb", float, 0.0, "bits=mixed: weight size budget in MB (10^6 bytes)"),
+        Option("avg_bits", float, 0.0, "bits=mixed: budget as average bits per weight"),
+        Option("hessian_iterations", int, 100, "bits=mixed: most Hutchinson steps per trace estimate"),
         Option("group", str, "auto", "weight_only: weight groups along input channels (ic32, ic64, ic128) "
                "or one scale per output channel (oc); auto: int8 per output channel, int4 chosen per "
                "layer by the lower output error on the data (weight error without data)",
@@ -249,7 +255,8 @@ class Quantize(Pass):
             outs = list(dict.fromkeys(n.outputs[0].name for n in targets))
             ranges, sparse = self._calibrate(runner_for(model), data, list(act_values), outs, kept, act_type)
 
-        b = _Inserter(graph)
+        weight_bits, mixed = self._weight_bits(model, targets, per_channel, kept)
+        b = Inserter(graph)
         dq_of: dict[str, Value] = {}
         if not self.weight_only:
             for name, v in act_values.items():  # relu(x) with x >= 0 is x: one scale
@@ -284,16 +291,14 @@ class Quantize(Pass):
             w_scale = None
             if widx is not None:
                 w = n.inputs[widx]
-                axis = _weight_axis(n, w, self.profile) if per_channel else None
-                if axis is not None and n.op == "conv_transpose" and n.attrs.get("group", 1) != 1 \
-                        and self.profile != "tensorrt":
-                    axis = None  # axis 1 holds Cout/group channels: one scale per output channel is not expressible
+                axis = self._axis(n, w, per_channel)
                 cached = weights.get(id(w))  # a weight shared by several nodes is quantized once
                 if cached is None:
-                    scale, zp = weight_params(w.const.numpy(), axis)
+                    bits = weight_bits.get(w.name, 8)
+                    scale, zp = weight_params(w.const.numpy(), axis, bits)
                     scale = self._fit_bias(n, scale, axis)
                     check_pair(w.name, scale, zp, axis, None if axis is None else w.shape[axis])
-                    q = quantize_weight(w.const.numpy(), scale, axis)
+                    q = quantize_weight(w.const.numpy(), scale, axis, bits)
                     cached = b.dequantized_const(w, q, scale, zp, axis)
                     weights[id(w)] = cached
                 n.set_input(widx, cached)
@@ -311,6 +316,12 @@ class Quantize(Pass):
                                  "bias_kept_float": bias_float, "notes": notes}
         if distilled is not None:
             stats["zeroq"] = distilled
+        if weight_bits:
+            stats["weight_bits"] = weight_bits
+            stats["weights_mb"] = round(sum(w.const.numpy().size * weight_bits[w.name] for w in
+                                            {w.name: w for w in _weights(targets)}.values()) / 8e6, 6)
+        if mixed:
+            stats.update(mixed)
         if sparse:
             notes.append(f"{len(sparse)} activation(s) had under {MIN_SAMPLES} calibration values "
                          f"and use min/max instead of {self.calibration}")
@@ -319,6 +330,7 @@ class Quantize(Pass):
             stats["sqnr_db"] = sqnr
             if sqnr:
                 stats["worst_sqnr_db"] = round(min(sqnr.values()), 2)
+        stats["tables"] = self._tables(stats)
         return PassResult(model, True, stats)
 
     def _calibrate(self, runner, data: Iterable[Any], names: list[str], outputs: list[str], kept: list,
@@ -339,7 +351,7 @@ class Quantize(Pass):
             def update(i, values):
                 cal.update(i, values)
                 if i < SQNR_BATCHES:  # the float outputs the quantized model is measured against
-                    kept.append((batches[i], {k: _numpy(values[k]) for k in outputs}))
+                    kept.append((batches[i], {k: numpy_of(values[k]) for k in outputs}))
                 if bar.enabled:
                     bar(i + 1, i + 1, f"calibrating ({self.calibration})")
 
@@ -405,6 +417,74 @@ class Quantize(Pass):
         return [feeds], {"batch": self.zeroq_batch, "steps": len(losses), "loss_start": losses[0],
                          "loss_best": min(losses), "saved": self.zeroq_save or None}
 
+    @staticmethod
+    def _tables(stats: dict[str, Any]) -> dict[str, list[list]]:
+        """What the text report prints under the pass: the worst layers' SQNR, HAWQ's bits per
+        layer and its frontier."""
+        tables = {}
+        if stats.get("sqnr_db"):
+            worst = list(stats["sqnr_db"].items())[:10]
+            tables["output SQNR per quantized node, worst first"] = [["node", "dB"]] + [list(kv) for kv in worst]
+        if stats.get("hessian_trace"):
+            bits, trace = stats["weight_bits"], stats["hessian_trace"]
+            tables["weight bits by Hessian trace (HAWQ-V2)"] = [["weight", "trace", "bits"]] + [
+                [k, trace[k], bits[k]] for k in sorted(trace, key=lambda k: -trace[k])]
+            front, chosen = stats["frontier"], stats["chosen"]
+            step = max(1, len(front) // 12)
+            shown = sorted(set(front[::step] + [front[-1], tuple(chosen)]))
+            tables[f"size / sensitivity frontier ({len(front)} points; budget {stats['budget_mb']} MB)"] = \
+                [["MB", "sensitivity", ""]] + [[s, c, "<- chosen" if (s, c) == tuple(chosen) else ""]
+                                               for s, c in shown]
+        return tables
+
+    def _axis(self, n: Node, w: Value, per_channel: bool) -> int | None:
+        axis = _weight_axis(n, w, self.profile) if per_channel else None
+        if axis is not None and n.op == "conv_transpose" and n.attrs.get("group", 1) != 1 \
+                and self.profile != "tensorrt":
+            return None  # axis 1 holds Cout/group channels: one scale per output channel is not expressible
+        return axis
+
+    def _weight_bits(self, model: Model, targets: list[Node], per_channel: bool,
+                     kept: list) -> tuple[dict[str, int], dict[str, Any] | None]:
+        """Bits per weight (by value name): 8, uniform 4 (weights=int4), or HAWQ-V2's mixed
+        allocation (bits=mixed) within the budget; and, when mixed, what HAWQ measured."""
+        if self.bits == "uniform":
+            return ({w.name: 4 for w in _weights(targets)} if self.weights == "int4" else {}), None
+        choices = self._bit_choices()
+        layers = {}
+        for n in targets:
+            widx = _weight_index(n)
+            if widx is not None:
+                w = n.inputs[widx]
+                layers.setdefault(w.name, (w, self._axis(n, w, per_channel)))
+        total = sum(w.const.numpy().size for w, _ in layers.values())
+        if self.budget_mb > 0:
+            budget = self.budget_mb * 8e6
+        elif self.avg_bits > 0:
+            budget = self.avg_bits * total
+        else:
+            raise UsageError("quantize: bits=mixed needs budget_mb= (weights, in MB) or avg_bits=")
+        if not kept:
+            raise UsageError("quantize: bits=mixed needs data (or calibration=zeroq) for the Hessian traces")
+        from refold.ir.progress import StepBar
+        from refold.passes.quantize.hawq import allocate_bits
+
+        n_in = sum(1 for v in model.graph.inputs if v.const is None)
+        batches = [_split_labels(batch, n_in) for batch, _ in kept]
+        with StepBar("step") as bar:
+            bits, info = allocate_bits(model, layers, batches, choices, budget_bits=budget,
+                                       iterations=self.hessian_iterations, progress=bar)
+        return bits, info
+
+    def _bit_choices(self) -> list[int]:
+        try:
+            choices = sorted({int(b) for b in self.bit_choices.split("+")})
+        except ValueError:
+            raise UsageError(f"quantize: bit_choices '{self.bit_choices}' is not like 4+8") from None
+        if not choices or any(not 2 <= b <= 8 for b in choices):
+            raise UsageError(f"quantize: bit_choices {choices}: each must be 2..8")
+        return choices
+
     def _fit_bias(self, n: Node, w_scale: np.ndarray, axis: int | None) -> np.ndarray:
         """Raise a channel's weight scale where s_x * s_w is too small for its bias in int32 (a dead
         channel with a live bias): |b| / (s_x * s_w) <= 2^31 - 1. An all-zero channel stays exactly
@@ -424,7 +504,7 @@ class Quantize(Pass):
             return w_scale
         return np.maximum(w_scale, need).astype(np.float32)
 
-    def _bias(self, n: Node, dq_of: dict[str, Value], w_scale, b: "_Inserter",
+    def _bias(self, n: Node, dq_of: dict[str, Value], w_scale, b: "Inserter",
               kept_float: dict[str, Reason]) -> None:
         """Bias as int32 with scale s_x * s_w (ORT profile); TensorRT takes the bias in float."""
         bidx = 2 if n.op in ("conv", "conv_transpose", "linear", "gemm") else None
@@ -471,7 +551,7 @@ class Quantize(Pass):
             b = q_runner.run(batch, capture=names)
             for k in names:
                 ref = np.asarray(ref_outs[k], np.float64)
-                got = np.asarray(_numpy(b[k]), np.float64)
+                got = np.asarray(numpy_of(b[k]), np.float64)
                 sig[k] += float((ref ** 2).sum())
                 err[k] += float(((ref - got) ** 2).sum())
         out = {}
@@ -480,66 +560,22 @@ class Quantize(Pass):
         return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 
-class _Inserter:
-    """Creates the Q/DQ nodes and quantized constants, with fresh names and provenance."""
-
-    def __init__(self, graph: Graph):
-        self.graph = graph
-
-    def _const(self, arr: np.ndarray, prefix: str) -> Value:
-        return self.graph.add_const(Tensor.from_array(np.asarray(arr)), prefix=prefix)
-
-    def _node(self, op: str, inputs: list, anchor: Node | None, axis: int | None, source: str) -> Value:
-        attrs = {"axis": axis} if axis is not None else {}
-        node = Node(op, inputs, attrs, domain=CORE, name=self.graph.unique_name(f"{source}_{op}"),
-                    outputs=[self.graph.unique_name(f"{source}_{'q' if op.startswith('q') else 'dq'}")])
-        node.meta["provenance"] = {"rule": "quantize", "sources": [source]}
-        if anchor is None:
-            self._first(node)
-        else:
-            self.graph.insert_after(anchor, node)
-        return node.outputs[0]
-
-    def _first(self, node: Node) -> None:
-        first = next(iter(self.graph), None)
-        if first is None:
-            self.graph.append(node)
-        else:
-            self.graph.insert_before(first, node)
-
-    def params(self, scale: np.ndarray, zp: np.ndarray, name: str) -> tuple[Value, Value]:
-        """The scale and zero-point constants of one activation group."""
-        return self._const(scale, f"{name}_scale"), self._const(zp, f"{name}_zero_point")
-
-    def qdq(self, v: Value, s: Value, z: Value) -> Value:
-        """x -> Q -> DQ right after x's producer (or at the top for a graph input)."""
-        q = self._node("quantize_linear", [v, s, z], v.producer, None, v.name)
-        dq = self._node("dequantize_linear", [q, s, z], q.producer, None, v.name)
-        q.dtype, q.shape = _dtype_of(z.const.numpy()), v.shape
-        dq.dtype, dq.shape = v.dtype, v.shape
-        return dq
-
-    def dequantized_const(self, w: Value, q: np.ndarray, scale: np.ndarray, zp: np.ndarray,
-                          axis: int | None, prefix: str = "weight") -> Value:
-        """DQ(W_q, s, z) placed at the top of the graph: the int8 weight the file stores."""
-        wq = self._const(q, f"{w.name}_quantized")
-        s, z = self._const(scale, f"{w.name}_scale"), self._const(zp, f"{w.name}_zero_point")
-        wq.meta["provenance"] = {"rule": "quantize", "sources": [w.name]}
-        dq = self._node("dequantize_linear", [wq, s, z], None, axis if np.ndim(scale) else None, w.name)
-        dq.dtype, dq.shape = w.dtype, w.shape
-        return dq
-
-    def tag(self, n: Node, key: str) -> None:
-        n.meta.setdefault("provenance", {"rule": "quantize", "sources": [key]})
+def _weights(targets: list[Node]) -> list[Value]:
+    """The constant weights of ``targets``, in order, each once."""
+    out: dict[str, Value] = {}
+    for n in targets:
+        i = _weight_index(n)
+        if i is not None:
+            out.setdefault(n.inputs[i].name, n.inputs[i])
+    return list(out.values())
 
 
-def _numpy(x) -> np.ndarray:
-    if hasattr(x, "detach"):
-        return x.detach().cpu().float().numpy()
-    return np.asarray(x)
+def _split_labels(batch, n_inputs: int):
+    """(feeds, labels or None): a batch with one item more than the model has inputs, such as a
+    DataLoader's (x, label), carries its labels last."""
+    if isinstance(batch, (tuple, list)) and len(batch) == n_inputs + 1:
+        import torch
 
-
-def _dtype_of(arr: np.ndarray):
-    from refold.ir.dtypes import DType
-
-    return DType.from_numpy(np.asarray(arr).dtype)
+        return tuple(batch[:-1]), torch.as_tensor(np.asarray(batch[-1]) if not hasattr(batch[-1], "detach")
+                                                  else batch[-1])
+    return batch, None
