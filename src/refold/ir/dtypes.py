@@ -56,10 +56,27 @@ class DType(enum.IntEnum):
         return self in _FLOATS
 
     def numpy(self) -> np.dtype:
-        """The numpy dtype that holds this type (ml_dtypes for bf16/fp8/int4)."""
+        """The numpy dtype that holds this type: ml_dtypes for bf16/fp8/fp4; int4 / uint4 are held
+        unpacked, one value per int8 / uint8 (packed two to a byte only on disk)."""
         import onnx.helper
 
+        held = _UNPACKED.get(self)
+        if held is not None:
+            return np.dtype(held)
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(self)))
+
+    @property
+    def is_int4(self) -> bool:
+        return self in _UNPACKED
+
+    def int_range(self) -> tuple[int, int]:
+        """(min, max) of an integer type, int4 / uint4 included."""
+        if self == DType.INT4:
+            return -8, 7
+        if self == DType.UINT4:
+            return 0, 15
+        info = np.iinfo(self.numpy())
+        return int(info.min), int(info.max)
 
     def torch(self):
 
@@ -86,8 +103,9 @@ _SHORT = {
     DType.FLOAT: "f32", DType.DOUBLE: "f64", DType.FLOAT16: "f16", DType.BFLOAT16: "bf16",
     DType.INT8: "i8", DType.INT16: "i16", DType.INT32: "i32", DType.INT64: "i64",
     DType.UINT8: "u8", DType.UINT16: "u16", DType.UINT32: "u32", DType.UINT64: "u64",
-    DType.BOOL: "bool", DType.STRING: "str",
+    DType.BOOL: "bool", DType.STRING: "str", DType.INT4: "i4", DType.UINT4: "u4",
 }
+_UNPACKED = {DType.INT4: np.int8, DType.UINT4: np.uint8}
 _FLOATS = {DType.FLOAT, DType.DOUBLE, DType.FLOAT16, DType.BFLOAT16, DType.FLOAT8E4M3FN,
            DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ, DType.FLOAT4E2M1,
            DType.FLOAT8E8M0}
@@ -107,5 +125,8 @@ def _torch_map() -> dict:
             DType.COMPLEX128: torch.complex128,
             DType.FLOAT8E4M3FN: torch.float8_e4m3fn, DType.FLOAT8E5M2: torch.float8_e5m2,
             DType.UINT16: torch.uint16, DType.UINT32: torch.uint32, DType.UINT64: torch.uint64,
+            # held unpacked, as numpy holds them; listed after INT8 / UINT8 so that from_torch
+            # reads an int8 tensor as INT8
+            DType.INT4: torch.int8, DType.UINT4: torch.uint8,
         }
     return _TORCH

@@ -308,22 +308,48 @@ def _per_axis(t, x, axis):
     return t.reshape(shape)
 
 
-@core_op("quantize_linear", "x scale zero_point?", axis=1)
+def _blocked(t, x, axis, block_size, what):
+    """A blocked scale or zero point (ONNX opset 21) spread over ``x``: the same shape as ``x``
+    except along ``axis``, where it holds ceil(dim / block_size) entries, each repeated
+    block_size times (the last block may be short)."""
+    axis %= x.dim()
+    want = [(d + block_size - 1) // block_size if i == axis else d for i, d in enumerate(x.shape)]
+    if list(t.shape) != want:
+        raise ValueError(f"blocked {what} has shape {list(t.shape)}; input {list(x.shape)} with "
+                         f"block_size={block_size} on axis {axis} needs {want}")
+    return t.repeat_interleave(block_size, dim=axis).narrow(axis, 0, x.shape[axis])
+
+
+def _params(ins, x, a, zp_default):
+    """Scale and zero point shaped to broadcast against ``x``: per tensor, per axis or blocked."""
+    s = ins[1]
+    zp = ins[2] if len(ins) > 2 and ins[2] is not None else torch.zeros((), dtype=zp_default)
+    if a["block_size"]:
+        s = _blocked(s, x, a["axis"], a["block_size"], "scale")
+        zp = _blocked(zp, x, a["axis"], a["block_size"], "zero point") if zp.dim() else zp
+        return s, zp
+    return _per_axis(s, x, a["axis"]), _per_axis(zp, x, a["axis"])
+
+
+@core_op("quantize_linear", "x scale zero_point?", axis=1, block_size=0)
 def _quantize(ins, a):
-    """saturate(round_half_even(x / scale) + zero_point), type of zero_point (uint8 default)."""
-    x, s = ins[0], ins[1]
-    zp = ins[2] if len(ins) > 2 and ins[2] is not None else torch.zeros((), dtype=torch.uint8)
+    """saturate(round_half_even(x / scale) + zero_point), type of zero_point (uint8 default);
+    block_size > 0: one scale per block of that many elements along axis (opset 21)."""
+    x = ins[0]
+    s, zp = _params(ins, x, a, torch.uint8)
     info = torch.iinfo(zp.dtype)
-    q = torch.round(x.float() / _per_axis(s.float(), x, a["axis"])) + _per_axis(zp, x, a["axis"]).float()
+    q = torch.round(x.float() / s.float()) + zp.float()
     return [q.clamp(info.min, info.max).to(zp.dtype)]
 
 
-@core_op("dequantize_linear", "x scale zero_point?", axis=1)
+@core_op("dequantize_linear", "x scale zero_point?", axis=1, block_size=0)
 def _dequantize(ins, a):
-    """(x - zero_point) * scale."""
-    x, s = ins[0], ins[1]
-    zp = ins[2] if len(ins) > 2 and ins[2] is not None else torch.zeros((), dtype=x.dtype)
-    return [((x.float() - _per_axis(zp, x, a["axis"]).float()) * _per_axis(s.float(), x, a["axis"])).to(s.dtype)]
+    """(x - zero_point) * scale; block_size > 0: one scale (and zero point) per block of that
+    many elements along axis, ceil(dim / block_size) of them (opset 21). int4 / uint4 inputs
+    are held in int8 / uint8."""
+    x = ins[0]
+    s, zp = _params(ins, x, a, x.dtype)
+    return [((x.float() - zp.float()) * s.float()).to(ins[1].dtype)]
 
 
 def evaluate(op: str, inputs: list, attrs: dict, num_outputs: int = 1) -> list[torch.Tensor]:

@@ -46,9 +46,23 @@ class Tensor:
         self._torch = torch_tensor
 
     @classmethod
-    def from_array(cls, array: np.ndarray) -> "Tensor":
+    def from_array(cls, array: np.ndarray, dtype: DType | None = None) -> "Tensor":
+        """Wrap an array; ``dtype`` declares a type the array only holds (int4 in int8, uint4 in
+        uint8), checked against its values.
+
+        >>> Tensor.from_array(np.array([-8, 7], np.int8), DType.INT4)
+        Tensor(i4[2], array)
+        """
         array = np.asarray(array)
-        return cls(DType.from_numpy(array.dtype), array.shape, array=array)
+        if dtype is None or DType(dtype) == DType.from_numpy(array.dtype):
+            return cls(DType.from_numpy(array.dtype), array.shape, array=array)
+        dtype = DType(dtype)
+        if not dtype.is_int4 or array.dtype != dtype.numpy():
+            raise ValueError(f"a {array.dtype} array cannot hold {dtype.name}")
+        lo, hi = dtype.int_range()
+        if array.size and (array.min() < lo or array.max() > hi):
+            raise ValueError(f"values [{array.min()}, {array.max()}] do not fit {dtype.name} [{lo}, {hi}]")
+        return cls(dtype, array.shape, array=array)
 
     @classmethod
     def from_torch(cls, t) -> "Tensor":
@@ -74,16 +88,19 @@ class Tensor:
         return storage_bytes(self.dtype, self.shape)
 
     def numpy(self) -> np.ndarray:
-        """Read the payload into a numpy array (a fresh read for external data)."""
+        """Read the payload into a numpy array (a fresh read for external data); int4 / uint4
+        come unpacked, in int8 / uint8."""
         if self._array is not None:
             return self._array
         if self._torch is not None:
             return self._torch.detach().cpu().numpy()
         if self._external is not None:
-            return _read_external(self.dtype, self.shape, self._external)
-        from onnx import numpy_helper
+            arr = _read_external(self.dtype, self.shape, self._external)
+        else:
+            from onnx import numpy_helper
 
-        return numpy_helper.to_array(self._proto)
+            arr = numpy_helper.to_array(self._proto)
+        return arr.astype(self.dtype.numpy()) if self.dtype.is_int4 else arr
 
     def torch(self):
         import torch

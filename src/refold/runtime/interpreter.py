@@ -43,6 +43,8 @@ def interpret(graph: Graph, feeds: dict[str, Any], evaluate: Evaluator, const: C
                 ins.append(env[id(v)])
             elif v.const is not None:
                 ins.append(const(v))
+            elif v.kind == "submodule":  # a higher-order op's body (an autocast region): the module
+                ins.append(v.meta["torch.module"])
             else:
                 raise UnsupportedError(f"{node.label()}: reads '{v.name}', which nothing computed")
         try:

@@ -21,6 +21,14 @@ from refold.ir.graph import CORE, Model, Node, Value
 from refold.runtime.base import Runner
 from refold.runtime.interpreter import interpret
 
+ONNX_DIALECTS = ("onnx", "com.microsoft")  # ONNX ops and ONNX Runtime's contrib ops (MatMulNBits)
+
+
+def onnx_torch_key(node: Node) -> str:
+    """``node``'s key in ONNX_TORCH: the op for ONNX, ``domain.op`` for contrib ops (whose names
+    may mean something else in ONNX)."""
+    return node.op if node.dialect == "onnx" else f"{node.domain}.{node.op}"
+
 
 def to_torch(x: Any) -> Any:
     if x is None or isinstance(x, torch.Tensor):
@@ -82,7 +90,7 @@ class TorchRunner(Runner):
         from refold.runtime.onnx_torch import ONNX_TORCH
 
         lacking = sorted({n.qualified_op for n in self.model.graph
-                          if n.dialect == "onnx" and n.op not in ONNX_TORCH})
+                          if n.dialect in ONNX_DIALECTS and onnx_torch_key(n) not in ONNX_TORCH})
         if lacking:
             raise UnsupportedError(f"the torch runner has no implementation of {lacking}; "
                                    f"use the reference or ORT runner for this graph")
@@ -114,10 +122,10 @@ def evaluate_torch(node: Node, ins: list, opsets: dict[str, int]) -> list:
         from refold.ir.ops import evaluate
 
         return list(evaluate(node.op, ins, node.attrs, len(node.outputs)))
-    if node.dialect == "onnx":
+    if node.dialect in ONNX_DIALECTS:
         from refold.runtime.onnx_torch import ONNX_TORCH
 
-        fn = ONNX_TORCH.get(node.op)
+        fn = ONNX_TORCH.get(onnx_torch_key(node))
         if fn is None:
             raise UnsupportedError(f"{node.label()}: the torch runner has no implementation of "
                                    f"{node.qualified_op}")

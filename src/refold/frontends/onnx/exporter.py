@@ -27,6 +27,8 @@ def inline_tensor(name: str, tensor: Tensor) -> onnx.TensorProto:
     from onnx import numpy_helper
 
     arr = tensor.numpy()
+    if tensor.dtype.is_int4:  # held unpacked in int8 / uint8; written packed, two to a byte
+        arr = arr.astype(onnx.helper.tensor_dtype_to_np_dtype(int(tensor.dtype)))
     t = numpy_helper.from_array(arr, name)
     if t.data_type != int(tensor.dtype):  # e.g. bf16 held as ml_dtypes
         t.data_type = int(tensor.dtype)

@@ -234,8 +234,15 @@ def _reshape(e: _Emit, n: Node, outs: list[str]) -> None:
 
 def _qdq(op_type: str):
     def f(e: _Emit, n: Node, outs: list[str]) -> None:
-        axis = n.attrs.get("axis", 1)
-        e(op_type, _trim(_names(n.inputs)), outs, **({"axis": axis} if e.opset >= 13 else {}))
+        axis, block = n.attrs.get("axis", 1), n.attrs.get("block_size", 0)
+        int4 = any(v is not None and v.dtype is not None and v.dtype.is_int4 for v in n.inputs)
+        if (block or int4) and e.opset < 21:
+            what = f"blocked {op_type} (block_size={block})" if block else f"{op_type} of int4 / uint4"
+            raise UnsupportedError(f"{n.label()}: {what} needs opset 21; the model is at {e.opset}")
+        attrs = {"axis": axis} if e.opset >= 13 else {}
+        if block:
+            attrs["block_size"] = block
+        e(op_type, _trim(_names(n.inputs)), outs, **attrs)
     return f
 
 

@@ -205,15 +205,16 @@ def _reduce_mean(node: Node, opset: int):
 
 def _qdq(core: str):
     def f(node: Node, opset: int):
-        if node.attrs.get("block_size", 0):
-            return "blocked quantization"
+        attrs = dict(axis=node.attrs.get("axis", 1))
+        if node.attrs.get("block_size", 0):  # opset 21: one scale per block along axis
+            attrs["block_size"] = node.attrs["block_size"]
         if node.attrs.get("output_dtype", 0):
             return "output_dtype attribute"
         if node.attrs.get("saturate", 1) != 1:
             return "saturate=0"
         if node.attrs.get("precision", 0):
             return "precision attribute"
-        return core, list(node.inputs), dict(axis=node.attrs.get("axis", 1))
+        return core, list(node.inputs), attrs
     return f
 
 

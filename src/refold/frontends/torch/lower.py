@@ -135,26 +135,66 @@ def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
 
 
 def _qdq(g: fx.Graph, node: Node, ins: list) -> fx.Node:
-    """core Q/DQ as PT2E's ``quantized_decomposed`` ops: per tensor, or per channel on ``axis``."""
+    """core Q/DQ as PT2E's ``quantized_decomposed`` ops: per tensor, per channel on ``axis``, or
+    (dequantize) in blocks along ``axis``. int4 is held in int8 with quant range [-8, 7]."""
     import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed)
 
     qd = torch.ops.quantized_decomposed
     zp = node.inputs[2] if len(node.inputs) > 2 else None
-    if zp is None or zp.dtype is None:
+    quant = node.op == "quantize_linear"
+    typed = zp if zp is not None else (None if quant else node.inputs[0])  # DQ: x's type without a zero point
+    if typed is None or typed.dtype is None:
         raise UnsupportedError(f"{node.label()}: Q/DQ without a typed zero point")
-    dtype = zp.dtype.torch()
-    info = torch.iinfo(dtype)
+    dtype = typed.dtype.torch()
+    qmin, qmax = typed.dtype.int_range()
+    x_rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
+    axis = node.attrs.get("axis", 1)
+    axis = axis % x_rank if x_rank else axis
+    if node.attrs.get("block_size"):
+        if quant:
+            raise UnsupportedError(f"{node.label()}: blocked quantize_linear has no ATen lowering")
+        return _dequantize_blocked(g, node, ins, axis, qmin, qmax, dtype)
     scale = node.inputs[1]
     per_channel = scale.shape is not None and len(scale.shape) == 1 and scale.shape[0] > 1
-    quant = node.op == "quantize_linear"
-    if per_channel:
-        x_rank = len(node.inputs[0].shape) if node.inputs[0].shape is not None else None
-        axis = node.attrs.get("axis", 1)
-        axis = axis % x_rank if x_rank else axis
+    if per_channel and (zp is not None or not quant):  # DQ: no zero point is zero point 0
         fn = qd.quantize_per_channel.default if quant else qd.dequantize_per_channel.default
-        return g.call_function(fn, (ins[0], ins[1], ins[2], axis, info.min, info.max, dtype))
+        zps = ins[2] if zp is not None else None
+        return g.call_function(fn, (ins[0], ins[1], zps, axis, qmin, qmax, dtype))
+    if zp is None:
+        raise UnsupportedError(f"{node.label()}: per-tensor Q/DQ without a typed zero point")
     fn = qd.quantize_per_tensor.tensor if quant else qd.dequantize_per_tensor.tensor
-    return g.call_function(fn, (ins[0], ins[1], ins[2], info.min, info.max, dtype))
+    return g.call_function(fn, (ins[0], ins[1], ins[2], qmin, qmax, dtype))
+
+
+def _dequantize_blocked(g: fx.Graph, node: Node, ins: list, axis: int, qmin: int, qmax: int,
+                        dtype) -> fx.Node:
+    """Blocked DQ: a 2-D weight whose blocks divide the axis is PT2E's groupwise
+    ``dequantize_per_channel_group`` (groups run along the last dim: axis 0 is dequantized
+    transposed); anything else is written out, each scale repeated over its block."""
+    call = g.call_function
+    x, scale = node.inputs[0], node.inputs[1]
+    block = node.attrs["block_size"]
+    zp = ins[2] if len(ins) > 2 else None
+    out_dtype = scale.dtype.torch() if scale.dtype is not None else torch.float32
+    shape = x.shape
+    if shape is None or not all(isinstance(d, int) for d in shape):
+        raise UnsupportedError(f"{node.label()}: blocked dequantize needs a static input shape")
+    if len(shape) == 2 and shape[axis] % block == 0:
+        # w[r, c] = (q[r, c] - zp[r, c // block]) * s[r, c // block], groups along the last dim
+        t = (lambda v: call(aten.t.default, (v,))) if axis == 0 else (lambda v: v)
+        y = call(torch.ops.quantized_decomposed.dequantize_per_channel_group.default,
+                 (t(ins[0]), t(ins[1]), None if zp is None else t(zp), qmin, qmax, dtype, block, out_dtype))
+        return t(y)
+
+    def spread(v):  # [.., ceil(n / block), ..] -> [.., n, ..]
+        rep = call(aten.repeat_interleave.self_int, (v, block, axis))
+        return call(aten.slice.Tensor, (rep, axis, 0, shape[axis]))
+
+    q = call(aten._to_copy.default, (ins[0],), {"dtype": torch.float32})
+    if zp is not None:
+        q = call(aten.sub.Tensor, (q, call(aten._to_copy.default, (spread(zp),), {"dtype": torch.float32})))
+    y = call(aten.mul.Tensor, (q, spread(ins[1])))
+    return call(aten._to_copy.default, (y,), {"dtype": out_dtype})
 
 
 __all__ = ["lower_core_node"]

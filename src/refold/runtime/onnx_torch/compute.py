@@ -119,6 +119,53 @@ def _matmul(ins, a, opset):
     return [torch.matmul(ins[0], ins[1])]
 
 
+def unpack_bits(packed, bits: int, count: int):
+    """Unsigned ``bits``-bit values packed along the last axis, lowest bits first (ORT's layout):
+    [..., bytes] -> [..., count]."""
+    per = 8 // bits
+    shifts = torch.arange(0, 8, bits, dtype=torch.int32, device=packed.device)
+    vals = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return vals.reshape(*packed.shape[:-1], packed.shape[-1] * per)[..., :count]
+
+
+def _int8_blocks(x, block: int, k: int):
+    """x with each block of ``block`` values along its last axis rounded to symmetric int8 (scale
+    max|x| / 127 per block), and back to float."""
+    pad = -k % block
+    xb = F.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, block)
+    scale = xb.abs().amax(-1, keepdim=True) / 127.0
+    q = torch.round(xb * torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale)))
+    return (q * scale).reshape(*x.shape[:-1], -1)[..., :k]
+
+
+@onnx_op("com.microsoft.MatMulNBits")
+def _matmul_nbits(ins, a, opset):
+    """ONNX Runtime's com.microsoft.MatMulNBits: y = A @ dequant(B).T (+ bias), B [N, k_blocks,
+    blob] holding unsigned ``bits``-bit values along K, w = (q - zp) * scale per block of
+    block_size; zero points packed like B, 2^(bits-1) when absent."""
+    A, B, scales = ins[0], ins[1], ins[2]
+    K, N, bits, block = a["K"], a["N"], a.get("bits", 4), a["block_size"]
+    if _opt(ins, 4) is not None:
+        raise NotImplementedError("MatMulNBits with g_idx")
+    k_blocks = (K + block - 1) // block
+    q = unpack_bits(B.reshape(N, k_blocks, -1), bits, block).float()
+    zp = _opt(ins, 3)
+    if zp is None:
+        zp = torch.full((N, k_blocks, 1), float(1 << (bits - 1)))
+    elif zp.dtype == torch.uint8:
+        zp = unpack_bits(zp.reshape(N, -1), bits, k_blocks).float().unsqueeze(-1)
+    else:
+        raise NotImplementedError("MatMulNBits with float zero points")
+    w = ((q - zp) * scales.float().reshape(N, k_blocks, 1)).reshape(N, k_blocks * block)[:, :K]
+    x = A.float()
+    if a.get("accuracy_level", 0) == 4:  # ORT's CPU kernel rounds A to int8 per block of K
+        x = _int8_blocks(x, block, K)
+    y = torch.matmul(x, w.t())
+    if _opt(ins, 5) is not None:
+        y = y + ins[5].float()
+    return [y.to(A.dtype)]
+
+
 @onnx_op("Gemm")
 def _gemm(ins, a, opset):
     A = ins[0].t() if a.get("transA", 0) else ins[0]
@@ -346,11 +393,13 @@ def _rms_normalization(ins, a, opset):
 def _quantize(ins, a, opset):
     from refold.ir.ops import evaluate
 
-    return evaluate("quantize_linear", list(ins), {"axis": a.get("axis", 1)})
+    return evaluate("quantize_linear", list(ins), {"axis": a.get("axis", 1),
+                                                   "block_size": a.get("block_size", 0)})
 
 
 @onnx_op("DequantizeLinear")
 def _dequantize(ins, a, opset):
     from refold.ir.ops import evaluate
 
-    return evaluate("dequantize_linear", list(ins), {"axis": a.get("axis", 1)})
+    return evaluate("dequantize_linear", list(ins), {"axis": a.get("axis", 1),
+                                                     "block_size": a.get("block_size", 0)})

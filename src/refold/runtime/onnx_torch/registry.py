@@ -1,8 +1,9 @@
 """The table of ONNX ops as torch functions, and the helpers that read their inputs and attributes.
 
 Each entry is ``fn(inputs, attrs, opset) -> list of outputs``; ``inputs`` are torch tensors (None
-for an omitted optional input). Attribute-vs-input changes across opsets (Squeeze axes, Split
-sizes, Reduce axes, Clip bounds, Pad pads) are read both ways.
+for an omitted optional input). ONNX ops are keyed by op name, ONNX Runtime's contrib ops by
+``domain.op`` (``com.microsoft.MatMulNBits``). Attribute-vs-input changes across opsets (Squeeze
+axes, Split sizes, Reduce axes, Clip bounds, Pad pads) are read both ways.
 """
 from __future__ import annotations
 
