@@ -31,6 +31,7 @@ from refold.passes.quantize.sharing import ScaleGroups, is_pool, is_relu, pass_t
 TARGETS = ("conv", "conv_transpose", "gemm", "linear", "matmul")
 PER_CHANNEL_OPSET = 13
 WIDE_OPSET = 21  # QuantizeLinear with int16 / uint16
+GROUPS = ("auto", "oc", "oc32", "oc64", "oc128", "ic32", "ic64", "ic128")
 SQNR_BATCHES = 4  # calibration batches kept to measure each layer's error afterwards
 
 
@@ -103,10 +104,12 @@ class Quantize(Pass):
         Option("budget_mb", float, 0.0, "bits=mixed: weight size budget in MB (10^6 bytes)"),
         Option("avg_bits", float, 0.0, "bits=mixed: budget as average bits per weight"),
         Option("hessian_iterations", int, 100, "bits=mixed: most Hutchinson steps per trace estimate"),
-        Option("group", str, "auto", "weight_only: weight groups along input channels (ic32, ic64, ic128) "
-               "or one scale per output channel (oc); auto: int8 per output channel, int4 chosen per "
-               "layer by the lower output error on the data (weight error without data)",
-               choices=("auto", "oc", "ic32", "ic64", "ic128")),
+        Option("group", str, "auto", "weight_only: one scale per output channel (oc), per block of 32/64/128 "
+               "input channels within each output channel (oc32, oc64, oc128: what ONNX Runtime's MatMulNBits "
+               "runs), or per block of 32/64/128 output channels within each input channel (ic32, ic64, ic128: "
+               "AdaDim's per-input-channel groups, which isolate outlier input channels); auto: int8 per "
+               "output channel, int4 chosen per layer by the lower output error on the data (weight error "
+               "without data)", choices=GROUPS),
         Option("exclude", str, "", "node names or core op types to leave in float, separated by '+'"),
         Option("attention", bool, True, "quantize matmuls of two activations (attention scores and context)"),
         Option("adds", str, "auto", "quantize both inputs of residual adds (auto: for tensorrt, which "
@@ -123,6 +126,9 @@ class Quantize(Pass):
         if self.profile == "tensorrt" and self.activations not in ("auto", "int8"):
             raise UsageError(f"quantize: profile=tensorrt takes int8 activations (zero point 0), "
                              f"not {self.activations}")
+        if self.group not in ("auto", "oc") and not self.weight_only:
+            raise UsageError(f"quantize: group={self.group} is for weight_only=true (with activations "
+                             f"quantized, weights are per output channel)")
         if not 0 < self.percentile <= 100:
             raise UsageError(f"quantize: percentile={self.percentile} is not in (0, 100]")
 
