@@ -1,6 +1,8 @@
-"""Weight-only int4 on a Llama-shaped decoder with planted outlier input channels: groups along the
-input channels (ic32 / ic64 / ic128, AdaDim's choice per layer) vs one scale per output channel
-(RTN), output error, file size and ONNX Runtime CPU latency (MatMulNBits) against float, in one run.
+"""Weight-only int4 on a Llama-shaped decoder with planted outlier input channels: one scale per
+output channel (RTN, oc), blocks of input channels within each output channel (oc32 / oc64 / oc128:
+blocks along K, MatMulNBits), blocks of output channels within each input channel (ic32 / ic64 /
+ic128: AdaDim's per-IC, blocks along N, DequantizeLinear + MatMul) and AdaDim's choice per layer
+(auto): output error, file size and ONNX Runtime CPU latency against float, in one run.
 
     python benchmarks/weight_only.py [--layers 4] [--seq 64] [--iters 40] [--threads 1] [--quick]
                                      [--keep DIR]
@@ -20,16 +22,23 @@ outliers are smoothed into the weights.
 
 Variants (each from the same float file, with refold.optimize):
 
-  rtn-oc     quantize:weight_only=true,weights=int4,group=oc     one scale per output channel
-  ic32..128  ...,group=ic32 (ic64, ic128)                         blocks of input channels
-  auto       ...,group=auto with calibration data                 per layer, lowest output error
-  auto-dq    auto, profile=tensorrt                                the same weights as blocked
-                                                                   DequantizeLinear + MatMul (opset 21)
+  oc         quantize:weight_only=true,weights=int4,group=oc     one scale per output channel (RTN)
+  oc32..128  ...,group=oc32 (oc64, oc128)                         per output channel, blocks of 32
+                                                                   input channels (along K)
+  ic32..128  ...,group=ic32 (ic64, ic128)                         per input channel, blocks of 32
+                                                                   output channels (along N: AdaDim)
+  auto       ...,group=auto with calibration data                 per layer, lowest output error (an
+                                                                   oc grouping within 1% of the best)
+  auto-dq    auto, profile=tensorrt                                the same weights, every one as
+                                                                   blocked DequantizeLinear + MatMul
 
-profile=ort (the default) writes every MatMul as com.microsoft.MatMulNBits (4-bit weights in ORT's
-fused kernel; one scale per output channel is one block spanning K). Also measured, not a refold
-option: AdaDim's per-IC grouping proper (groups of 32 *output* channels within each input channel,
-blocks along N), applied to the torch model's weights with refold's own quantizer, error only.
+profile=ort (the default) writes every MatMul grouped oc / oc32.. as com.microsoft.MatMulNBits (4-bit
+weights in ORT's fused kernel; one scale per output channel is one block spanning K); ic groupings
+have no MatMulNBits form and are written as int4 DequantizeLinear (block_size along N, opset 21) +
+MatMul, which ORT runs as written: the weight is dequantized on every run. "ic32, DQ folded" and
+"auto, DQ folded" are the same files in a session with session.disable_quant_qdq=1, where ORT's
+constant folding dequantizes them once at load (int4 on disk, float in memory, float MatMul). Also measured, error only: the same groupings applied with refold's quantizer to the torch
+model's nn.Linear weights before planting (no outliers), to show what each costs on a plain model.
 
 Measured: logits error against float on held-out sequences (relative MSE, SQNR in dB, next-token
 top-1 agreement), the size of each file on disk, and ORT CPU latency (graph optimizations on,
@@ -55,6 +64,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "src"))
 
 PLANTED = 4  # outlier input channels per linear layer input
+FOLDED = ("ic32", "auto")  # also timed with session.disable_quant_qdq=1 (ORT folds DequantizeLinear at load)
 FACTOR = (20.0, 50.0)
 
 
@@ -146,14 +156,17 @@ def quantize(src: str, dst: str, calib: list, **options) -> dict:
     ops: dict[str, int] = {}
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"seconds": seconds, "groups": chosen, "measure": st["error_measure"], "nbits": st["matmul_nbits"],
+    return {"seconds": seconds, "groups": chosen, "chosen": {k: str(g) for k, g in st["weight_groups"].items()},
+            "measure": st["error_measure"], "nbits": st["matmul_nbits"],
             "dq": st["dequantize"], "errors": st["group_errors"], "ops": ops}
 
 
-def session(path: str, threads: int):
+def session(path: str, threads: int, fold_dq: bool = False):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if fold_dq:  # ORT's constant folding then dequantizes constant weights once, at load: float MatMul
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.intra_op_num_threads = threads
@@ -178,9 +191,7 @@ def accuracy(sessions: dict, heldout: list) -> dict[str, dict]:
                 "agree": agree[k] / steps} for k in sessions}
 
 
-# groupings applied to a torch Linear weight [N, K] with refold's quantizer: blocks along axis ``ic``
-TORCH_GROUPINGS = {"rtn-oc": dict(ic=1, oc=0, block=None), "ic32": dict(ic=1, oc=0, block=32),
-                   "adadim-ic32": dict(ic=0, oc=1, block=32)}  # AdaDim per-IC: 32 output channels per input channel
+TORCH_GROUPINGS = ["oc", "oc32", "ic32"]  # applied to torch Linear weights [N, K] with refold's quantizer
 
 
 def torch_accuracy(model, heldout: list, names: list[str]) -> dict:
@@ -189,7 +200,9 @@ def torch_accuracy(model, heldout: list, names: list[str]) -> dict:
 
     import torch
 
-    from refold.passes.quantize.groups import quantize_grouped
+    from refold.passes.quantize.groups import Layout, group_axis, quantize_grouped
+
+    linear = Layout(weight=1, ic=1, oc=0, act=0)  # nn.Linear: W [N, K]
 
     out = {}
     with torch.no_grad():
@@ -199,7 +212,8 @@ def torch_accuracy(model, heldout: list, names: list[str]) -> dict:
         with torch.no_grad():
             for mod in m.modules():
                 if isinstance(mod, torch.nn.Linear):
-                    g = quantize_grouped(mod.weight.numpy(), bits=4, **TORCH_GROUPINGS[name])
+                    axis, block = group_axis(name, linear)
+                    g = quantize_grouped(mod.weight.numpy(), axis, block, bits=4)
                     mod.weight.copy_(torch.from_numpy(g.dequantized()))
             sig = err = 0.0
             agree = steps = 0
@@ -266,19 +280,22 @@ def main() -> None:
         export(model, src, args.seq)
         calib = token_batches(args.calib, args.seq, seed=1)
         heldout = token_batches(args.heldout, args.seq, seed=2)
-        variants = {"rtn-oc": dict(group="oc"), "ic32": dict(group="ic32"), "ic64": dict(group="ic64"),
-                    "ic128": dict(group="ic128"), "auto": dict(group="auto", data=calib),
-                    "auto-dq": dict(group="auto", data=calib, profile="tensorrt")}
+        variants = {g: dict(group=g) for g in ("oc", "oc32", "oc64", "oc128", "ic32", "ic64", "ic128")}
+        variants.update({"auto": dict(group="auto", data=calib),
+                         "auto-dq": dict(group="auto", data=calib, profile="tensorrt")})
         paths, info = {"float": src}, {}
         for name, kw in variants.items():
             paths[name] = os.path.join(folder, f"{name}.onnx")
             info[name] = quantize(src, paths[name], calib, **kw)
         sizes = {k: os.path.getsize(p) / 1024 for k, p in paths.items()}
         sessions = {k: session(p, args.threads) for k, p in paths.items()}
+        for k in FOLDED:  # the same files, DequantizeLinear folded by ORT at load
+            paths[f"{k}, DQ folded"] = paths[k]
+            sizes[f"{k}, DQ folded"], info[f"{k}, DQ folded"] = sizes[k], info[k]
+            sessions[f"{k}, DQ folded"] = session(paths[k], args.threads, fold_dq=True)
         acc = accuracy(sessions, heldout)
-        extra = {f"{k} (torch)": v for k, v in torch_accuracy(model, heldout, ["adadim-ic32"]).items()}
         clean = build(args.layers, planted=False)[0]
-        extra.update({f"{k}, no outliers": v for k, v in torch_accuracy(clean, heldout, list(TORCH_GROUPINGS)).items()})
+        extra = {f"{k}, no outliers": v for k, v in torch_accuracy(clean, heldout, TORCH_GROUPINGS).items()}
         acc.update(extra)
         lat = {f"1x{args.seq}": latency(sessions, heldout[0], args.iters),
                "1x1": latency(sessions, {"input_ids": heldout[0]["input_ids"][:, :1]}, args.iters)}
@@ -296,7 +313,7 @@ def main() -> None:
            + " ".join(f"{'ms ' + s:>9} {'x float [p10,p90]':>19}" for s in shapes) + "  groups / ops")
     print(hdr)
     print("-" * len(hdr))
-    for name in ["float", *variants, *extra]:
+    for name in ["float", *variants, *(f"{k}, DQ folded" for k in FOLDED), *extra]:
         a, size, i = acc[name], sizes.get(name), info.get(name)
         cells = [f"{name:<20}", f"{size:>8.0f}" if size else f"{'-':>8}",
                  f"{size / sizes['float']:>7.3f}" if size else f"{'-':>7}",
@@ -313,7 +330,20 @@ def main() -> None:
             note = "" if name in paths else "torch, refold's quantizer on each nn.Linear: error only"
         print(" ".join(cells) + "  " + note)
     a = info["auto"]
-    print(f"auto chose by {a['measure']} error; quantize took {a['seconds']:.1f} s (rtn-oc {info['rtn-oc']['seconds']:.1f} s)")
+    print(f"auto chose by {a['measure']} error; quantize took {a['seconds']:.1f} s (oc {info['oc']['seconds']:.1f} s)")
+    kinds: dict[str, dict[str, int]] = {}  # projection -> chosen group -> layers
+    for node, g in a["chosen"].items():
+        proj = next((p for p in node.split("/") if p.endswith("proj") or p == "lm_head"), node)
+        kinds.setdefault(proj, {})
+        kinds[proj][g] = kinds[proj].get(g, 0) + 1
+    print("auto per projection: " + "; ".join(f"{p} " + ", ".join(f"{g} {c}" for g, c in sorted(gs.items()))
+                                             for p, gs in kinds.items()))
+    gains = []  # per layer: best oc grouping's error / auto's choice's
+    for node, e in a["errors"].items():
+        k_best = min(v for g, v in e.items() if g.startswith("oc"))
+        gains.append(k_best / e[a["chosen"][node]])
+    print(f"auto's choice vs the best MatMulNBits grouping, per layer output error: median {statistics.median(gains):.2f}x "
+          f"lower, min {min(gains):.2f}x, max {max(gains):.2f}x")
     worst = sorted(a["errors"].items(), key=lambda kv: -kv[1]["oc"])[:3]
     for node, e in worst:
         print(f"  {node}: " + ", ".join(f"{g} {v:.3g}" for g, v in e.items()))

@@ -1,12 +1,20 @@
 """Grouped symmetric weight quantization (int4 / int8), the errors that choose a grouping, and
 ONNX Runtime's MatMulNBits packing.
 
-A weight keeps its output channels on one axis and its input channels (the axis the layer sums
-over) on another. Groups either give each output channel one scale (``oc``, RTN per channel), or
-cut the input-channel axis into blocks of 32, 64 or 128 (``ic32``...), each block of each output
-channel with its own scale. A few outlier input channels (LLM activations have them, and so, once
-smoothed into the weights, do the weights' columns) inflate every output channel's scale under
-``oc``; under ``ic`` they inflate only the blocks that hold them (AdaDim).
+A weight keeps its output channels (N) on one axis and its input channels (K, the axis the layer
+sums over) on another. A grouping is named for the channel that owns its scales:
+
+    oc       one scale per output channel (RTN per channel)
+    oc32     per output channel, one scale per block of 32 input channels (blocks along K: what
+             ONNX Runtime's MatMulNBits and most int4 kernels run); oc64, oc128 alike
+    ic32     per input channel, one scale per block of 32 output channels (blocks along N: AdaDim's
+             per-IC grouping); ic64, ic128 alike
+
+A few outlier input channels (LLM activations have them, and so, once smoothed into the weights,
+do the weights' K rows) inflate every output channel's scale under ``oc``, and every block that
+holds one under ``oc32``; under ``ic32`` each outlier input channel has scales of its own, and the
+other channels keep theirs (AdaDim, Kim et al. 2024). Every grouping is a DequantizeLinear
+``(axis, block_size)``: ``oc`` is (N, none), ``ocB`` is (K, B), ``icB`` is (N, B).
 
     int4: s = max(hi / 7, -lo / 8)  per group (hi = max(w, 0), lo = min(w, 0)),  q = clip(round(w / s), -8, 7)
     int8: s = max|w| / 127,                                                      q = clip(round(w / s), -127, 127)
@@ -17,10 +25,15 @@ and MatMulNBits's default zero point (8 on the unsigned nibble) both represent i
 [-127, 127] range the rest of refold (and TensorRT) uses. The last block along an axis that the
 group does not divide is short (ONNX ``block_size`` semantics: ceil(dim / block) scales).
 
->>> w = np.array([[1.0, -2.0, 0.5, 40.0]], np.float32)       # [N=1, K=4], one outlier column
->>> g = quantize_grouped(w, ic=1, oc=0, block=2, bits=4)
+>>> w = np.array([[1.0, -2.0, 0.5, 40.0]], np.float32)       # [N=1, K=4], one outlier input channel
+>>> g = quantize_grouped(w, axis=1, block=2, bits=4)          # oc2: blocks of 2 along K
 >>> g.scale.shape, g.q.tolist()
 ((1, 2), [[4, -8, 0, 7]])
+>>> w = np.array([[1.0, -2.0], [-1.0, 0.5], [40.0, -30.0]], np.float32)   # [K=3, N=2], row 2 an outlier
+>>> group_axis("ic32", Layout(weight=1, ic=0, oc=1, act=0))              # blocks of 32 along N
+(1, 32)
+>>> quantize_grouped(w, axis=1, block=32, bits=4).q.tolist()             # each row its own scale
+[[4, -8], [-8, 4], [7, -5]]
 """
 from __future__ import annotations
 
@@ -31,7 +44,11 @@ import numpy as np
 from refold.ir.graph import Node
 
 TINY = float(np.finfo(np.float32).tiny)
-GROUPS = {"oc": None, "ic32": 32, "ic64": 64, "ic128": 128}  # group option -> block along input channels
+# group option -> (the channel owning the scales, block size along the other channel; None: one
+# scale per channel)
+GROUPS: dict[str, tuple[str, int | None]] = {
+    "oc": ("oc", None), "oc32": ("oc", 32), "oc64": ("oc", 64), "oc128": ("oc", 128),
+    "ic32": ("ic", 32), "ic64": ("ic", 64), "ic128": ("ic", 128)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,21 +123,46 @@ def spread(scale: np.ndarray, shape: tuple, axis: int, block: int | None) -> np.
     return np.repeat(scale, block, axis=axis).take(np.arange(shape[axis]), axis=axis)
 
 
-def quantize_grouped(w: np.ndarray, ic: int | None, oc: int, block: int | None, bits: int) -> Grouped:
-    """Symmetric round-to-nearest of ``w``: one scale per output channel (``block`` None), or per
-    block of ``block`` input channels of each output channel."""
+def group_axis(group: str, layout: Layout) -> tuple[int, int | None]:
+    """The DequantizeLinear ``(axis, block_size)`` of ``group`` on a weight of ``layout``: one
+    scale per output channel on the N axis; blocks of input channels (``ocB``) along K; blocks of
+    output channels (``icB``) along N, one run of blocks per input channel."""
+    owner, block = GROUPS[group]
+    if block is None:
+        return layout.oc, None
+    if layout.ic is None:
+        raise ValueError(f"group {group} needs a weight with an input-channel axis")
+    return (layout.ic if owner == "oc" else layout.oc), block
+
+
+def nbits_expressible(group: str) -> bool:
+    """MatMulNBits (and the usual int4 GEMM kernels) take one scale per output channel, or blocks
+    along K; blocks along N (``icB``) are DequantizeLinear only."""
+    return GROUPS[group][0] == "oc"
+
+
+def scale_count(group: str, shape: tuple, layout: Layout) -> int:
+    """How many scales ``group`` gives a weight of ``shape``."""
+    axis, block = group_axis(group, layout)
+    if block is None:
+        return int(shape[axis])
+    return int(np.prod([-(-d // block) if i == axis else d for i, d in enumerate(shape)]))
+
+
+def quantize_grouped(w: np.ndarray, axis: int, block: int | None, bits: int) -> Grouped:
+    """Symmetric round-to-nearest of ``w`` as DequantizeLinear groups it: ``block`` None, one
+    scale per index of ``axis`` (per channel); else one scale per block of ``block`` entries along
+    ``axis``, for every index of the other axes."""
     w = np.asarray(w, np.float32)
     if block is None:
-        moved = np.moveaxis(w, oc, 0).reshape(w.shape[oc], -1)
+        moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
         hi, lo = moved.max(axis=1, initial=0.0), moved.min(axis=1, initial=0.0)
-        axis = oc
     else:
-        k = w.shape[ic]
-        nb = -(-k // block)
-        pad = [(0, nb * block - k) if i == ic else (0, 0) for i in range(w.ndim)]
-        blocks = np.pad(w, pad).reshape(w.shape[:ic] + (nb, block) + w.shape[ic + 1:])
-        hi, lo = blocks.max(axis=ic + 1, initial=0.0), blocks.min(axis=ic + 1, initial=0.0)
-        axis = ic
+        d = w.shape[axis]
+        nb = -(-d // block)
+        pad = [(0, nb * block - d) if i == axis else (0, 0) for i in range(w.ndim)]
+        blocks = np.pad(w, pad).reshape(w.shape[:axis] + (nb, block) + w.shape[axis + 1:])
+        hi, lo = blocks.max(axis=axis + 1, initial=0.0), blocks.min(axis=axis + 1, initial=0.0)
     if bits == 4:
         scale, qmin, qmax = np.maximum(hi / 7.0, -lo / 8.0), -8, 7
     else:
@@ -198,7 +240,10 @@ def pack_matmul_nbits(g: Grouped, layout: Layout) -> tuple[np.ndarray, np.ndarra
     """(B, scales, block_size) for com.microsoft.MatMulNBits from a quantized 2-D weight: B
     [N, k_blocks, block * bits / 8] uint8, the unsigned values q + 2^(bits-1) packed along K,
     lowest bits first (K padded to whole blocks with the zero point); scales [N * k_blocks]. One
-    scale per output channel is one block spanning K (the power of two at least K, 16 or more)."""
+    scale per output channel is one block spanning K (the power of two at least K, 16 or more);
+    blocks along N (``icB``) have no MatMulNBits form."""
+    if g.block is not None and g.axis != layout.ic:
+        raise ValueError(f"MatMulNBits blocks run along K (axis {layout.ic}), not axis {g.axis}")
     q_kn = as_k_by_n(g.q, layout).astype(np.int16)
     k, n = q_kn.shape
     if g.block is None:

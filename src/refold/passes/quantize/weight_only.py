@@ -1,16 +1,24 @@
 """Weight-only quantization in groups (``quantize:weight_only=true,weights=int4``): each weight
-becomes int4 (or int8) with one scale per output channel or per block of 32 / 64 / 128 input
-channels, chosen per layer (AdaDim) by the lower output error on the calibration data, or the
-lower weight error without data. Activations stay float.
+becomes int4 (or int8) with one scale per output channel (``oc``), per block of 32 / 64 / 128
+input channels within each output channel (``oc32``...: blocks along K), or per block of 32 / 64 /
+128 output channels within each input channel (``ic32``...: AdaDim's per-input-channel groups,
+blocks along N), chosen per layer (AdaDim) by the lowest output error on the calibration data, or
+the lowest weight error without data. Activations stay float.
 
-    x @ W    ==>  x @ DQ(W_q, s, axis=ic, block_size=b)              (core; ONNX opset 21, torch
+    x @ W    ==>  x @ DQ(W_q, s, axis=K|N, block_size=b)             (core; ONNX opset 21, torch
                                                                        dequantize_per_channel_group)
     x @ W    ==>  com.microsoft.MatMulNBits(x, pack(W_q), s)          (profile=ort, ONNX, MatMul with a
-                                                                       2-D weight; x rounded to int8 per
-                                                                       block inside ORT's kernel)
+                                                                       2-D weight grouped oc / oc32..;
+                                                                       x rounded to int8 per block
+                                                                       inside ORT's kernel)
+
+MatMulNBits blocks run along K only, so an ``ic`` grouping is always DequantizeLinear + MatMul
+(opset 21); ``auto`` takes an ``ic`` grouping only where it beats every MatMulNBits-expressible
+one by more than ``PREFER_K`` (1%) of output error, and never where the model cannot reach opset 21
+and the MatMulNBits form is there to be had.
 
 Convolutions are quantized per output channel only: their input channels and kernel taps share
-one axis pair that a single ONNX block axis cannot cut into groups. The float weights a
+one axis pair that a single ONNX block axis cannot cut into K blocks. The float weights a
 quantized layer no longer reads are dropped, so a 4-bit file is about 1/8 of the float one plus
 its scales (int4 is written packed, two values a byte).
 
@@ -28,8 +36,9 @@ from refold.ir.graph import CORE, Model, Node, Value
 from refold.ir.tensor import Tensor
 from refold.passes.base import Pass, PassResult, Reason
 from refold.passes.quantize.groups import (GROUPS, Grouped, Layout, RowSample, activation_rows, as_k_by_n,
-                                           output_error, pack_matmul_nbits, quantize_grouped, weight_error,
-                                           weight_index, weight_layout)
+                                           group_axis, nbits_expressible, output_error, pack_matmul_nbits,
+                                           quantize_grouped, scale_count, weight_error, weight_index,
+                                           weight_layout)
 from refold.passes.quantize.insert import numpy_of
 from refold.passes.quantize.opset import blockers, raise_opset
 
@@ -38,6 +47,10 @@ BLOCKED_OPSET = 21  # DequantizeLinear with block_size, and with int4
 PER_CHANNEL_OPSET = 13
 MS_DOMAIN = "com.microsoft"
 TIE = 1e-6  # relative: errors this close are equal, and the grouping with fewer scales wins
+# auto keeps the best MatMulNBits-expressible grouping (oc, oc32..) unless an ic grouping's error is
+# lower by more than this fraction: those run in ORT's fused 4-bit kernel and in every int4 GEMM
+# that blocks along K, and the choice is the same whatever the profile or frontend
+PREFER_K = 0.01
 
 
 class _Plan:
@@ -55,8 +68,8 @@ class _Plan:
     def grouped(self, group: str, bits: int) -> Grouped:
         g = self.quantized.get(group)
         if g is None:
-            g = self.quantized[group] = quantize_grouped(self.w.const.numpy(), self.layout.ic, self.layout.oc,
-                                                         GROUPS[group], bits)
+            axis, block = group_axis(group, self.layout)
+            g = self.quantized[group] = quantize_grouped(self.w.const.numpy(), axis, block, bits)
         return g
 
 
@@ -66,8 +79,16 @@ def _candidates(layout: Layout, w: Value, group: str) -> tuple[list[str], bool]:
         return ["oc"], group not in ("auto", "oc")
     if group != "auto":
         return [group], False
-    k = w.shape[layout.ic]  # a block as wide as K is one scale per output channel: oc already
-    return ["oc"] + [g for g, b in GROUPS.items() if b is not None and k > b], False
+    # a block as wide as its axis is one scale per channel: per output channel (oc) for K blocks,
+    # per input channel for N blocks; the same grouping is tried once, under its first name
+    across = {"oc": w.shape[layout.ic], "ic": w.shape[layout.oc]}
+    seen = {("oc", across["oc"])}
+    out = ["oc"]
+    for g, (owner, block) in GROUPS.items():
+        if block is not None and (owner, min(block, across[owner])) not in seen:
+            seen.add((owner, min(block, across[owner])))
+            out.append(g)
+    return out, False
 
 
 def quantize_weights(pass_: Pass, model: Model, targets: list[Node],
@@ -75,8 +96,8 @@ def quantize_weights(pass_: Pass, model: Model, targets: list[Node],
     """The weight-only grouped path of ``Quantize``: plan each constant weight, choose its
     grouping, then write DequantizeLinear (or MatMulNBits) in place of the float weight."""
     if not pass_.per_channel:
-        raise UsageError("quantize: weights=int4 and group=ic* quantize per output channel or per "
-                         "input-channel group; per_channel=false (one scale per tensor) does not apply")
+        raise UsageError(f"quantize: weights={pass_.weights},group={pass_.group} quantizes per channel or per "
+                         f"group of channels; per_channel=false (one scale per tensor) does not apply")
     bits = 4 if pass_.weights == "int4" else 8
     graph = model.graph
     before = _read_bytes(model)
@@ -113,10 +134,12 @@ def quantize_weights(pass_: Pass, model: Model, targets: list[Node],
 
     if per_oc:
         notes.append(f"{len(per_oc)} convolution(s) per output channel ({', '.join(per_oc[:3])}"
-                     f"{', ...' if len(per_oc) > 3 else ''}): a convolution's input channels and kernel "
-                     f"share no single block axis")
-    measure = _choose(pass_, model, list(plans.values()), bits)
+                     f"{', ...' if len(per_oc) > 3 else ''}): group={pass_.group} is for linear / gemm / "
+                     f"matmul weights")
     nbits = pass_.profile == "ort" and model.source == "onnx"
+    if nbits and pass_.group == "auto":
+        _keep_nbits_where_opset_is_stuck(model, list(plans.values()), notes)
+    measure = _choose(pass_, model, list(plans.values()), bits)
     dq_plans = [p for p in plans.values() if not (nbits and all(_fits_nbits(r, p) for r in p.readers))]
     refused = _opset(model, dq_plans, bits, notes)
     stats_groups: dict[str, str] = {}
@@ -175,12 +198,49 @@ def _choose(pass_: Pass, model: Model, plans: list[_Plan], bits: int) -> str:
             else:
                 p.errors[g] = weight_error(w, deq)
         measured.add("output" if sample else "weight")
-        best = min(p.errors.values())  # ties (to rounding) go to the coarser grouping, listed first
-        p.choice = next(g for g in p.candidates if p.errors[g] <= best * (1 + TIE) + 1e-12)
+        p.choice = _least_error(p)
         p.quantized = {p.choice: p.quantized[p.choice]}  # let the others go
     # output: ||X W - X Q(W)||^2 on a sample of up to MAX_ROWS calibration rows per layer input;
     # weight: ||W - Q(W)||^2 (no data, or a weight that is not 2-D)
     return "+".join(m for m in ("output", "weight") if m in measured)
+
+
+def _least_error(p: _Plan) -> str:
+    """The grouping of least error; the best MatMulNBits-expressible one (oc, oc32..) where no ic
+    grouping beats it by more than PREFER_K; errors equal to rounding (TIE) go to fewer scales."""
+    def best_of(groups: list[str]) -> str:
+        least = min(p.errors[g] for g in groups)
+        tied = [g for g in groups if p.errors[g] <= least * (1 + TIE) + 1e-12]
+        return min(tied, key=lambda g: scale_count(g, p.w.shape, p.layout))  # min: the first of equals
+
+    best = best_of(p.candidates)
+    k_groups = [g for g in p.candidates if nbits_expressible(g)]
+    if nbits_expressible(best) or not k_groups:
+        return best
+    k_best = best_of(k_groups)
+    return k_best if p.errors[k_best] <= p.errors[best] * (1 + PREFER_K) + 1e-12 else best
+
+
+def _keep_nbits_where_opset_is_stuck(model: Model, plans: list[_Plan], notes: list[str]) -> None:
+    """An ic grouping is DequantizeLinear with block_size (opset 21). Where the model cannot be
+    raised to 21, weights that MatMulNBits can take try only its groupings, rather than stay float."""
+    open_ = [p for p in plans if any(not nbits_expressible(g) for g in p.candidates)
+             and all(_fits_nbits(r, p, any_group=True) for r in p.readers)]
+    if not open_ or model.opset >= BLOCKED_OPSET:
+        return
+    found = blockers(model, BLOCKED_OPSET)
+    if found:  # ranks decide some of them (softmax axes): type what onnx could not
+        from refold.runtime.shapes import infer_shapes
+
+        infer_shapes(model, probe=True)
+        found = blockers(model, BLOCKED_OPSET)
+    if not found:
+        return
+    for p in open_:
+        p.candidates = [g for g in p.candidates if nbits_expressible(g)]
+    notes.append(f"ic groupings not tried for {len(open_)} weight(s): blocked DequantizeLinear needs opset "
+                 f"{BLOCKED_OPSET}; {', '.join(found)} change meaning between opset {model.opset} and "
+                 f"{BLOCKED_OPSET} (MatMulNBits groupings only)")
 
 
 def _sample_rows(pass_: Pass, model: Model, plans: list[_Plan]) -> dict[tuple[str, str], np.ndarray]:
@@ -223,12 +283,14 @@ def _read_bytes(model: Model) -> int:
 
 # -- writing the quantized weights --------------------------------------------------------------
 
-def _fits_nbits(n: Node, plan: _Plan) -> bool:
+def _fits_nbits(n: Node, plan: _Plan, any_group: bool = False) -> bool:
     """MatMulNBits computes x @ W for a 2-D float W [K, N] on input 1 (x of W's float type), in
-    blocks along K: 32 / 64 / 128, or one block spanning K for one scale per output channel."""
+    blocks along K: 32 / 64 / 128 (oc32..), or one block spanning K for one scale per output
+    channel (oc); not in blocks along N (ic32..). ``any_group``: whatever the plan's grouping."""
     w, x = plan.w, n.inputs[0]
     return (n.op == "matmul" and plan.layout.weight == 1 and w.rank == 2
-            and w.dtype in (DType.FLOAT, DType.FLOAT16) and x.dtype == w.dtype)
+            and w.dtype in (DType.FLOAT, DType.FLOAT16) and x.dtype == w.dtype
+            and (any_group or nbits_expressible(plan.choice)))
 
 
 def _matmul_nbits(model: Model, n: Node, plan: _Plan, bits: int, made: dict) -> None:
@@ -291,7 +353,7 @@ def _opset(model: Model, plans: list[_Plan], bits: int, notes: list[str]) -> dic
     13 per channel); plans that cannot have it, with why (they stay float)."""
     if model.source != "onnx" or not plans:
         return {}
-    need_of = {p: BLOCKED_OPSET if bits == 4 or GROUPS[p.choice] is not None else PER_CHANNEL_OPSET
+    need_of = {p: BLOCKED_OPSET if bits == 4 or GROUPS[p.choice][1] is not None else PER_CHANNEL_OPSET
                for p in plans}
     refused: dict[_Plan, Reason] = {}
     for need in sorted(set(need_of.values()), reverse=True):
