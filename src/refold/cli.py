@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL")
     s.add_argument("--graph", action="store_true", help="also print the text IR, one line per node")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.add_argument("--groups", action="store_true", help="also list the channel dependency groups (what "
+                   "`prune` can remove together, or why not)")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     r = sub.add_parser("run", help="run passes on a model and write the result",
@@ -103,14 +105,33 @@ def cmd_show(args) -> int:
 
     m = load(args.model)
     s = summarize(m)
+    groups = _groups(m) if args.groups else None
     if args.json:
+        if groups is not None:
+            s["groups"] = [g.to_dict() for g in groups]
         print(json.dumps(s, indent=2))
     else:
         print(format_summary(s))
+        if groups is not None:
+            print(f"\nchannel groups: {len(groups)}, prunable {sum(g.prunable for g in groups)}")
+            for g in groups:
+                print("  " + g.describe())
     if args.graph:
         print()
         print(format_model(m))
     return 0
+
+
+def _groups(model) -> list:
+    """The dependency groups of a copy of ``model`` raised to core ops."""
+    from refold.passes.analysis.channels import ChannelGraph
+    from refold.passes.raise_core import RaiseToCore
+    from refold.runtime.shapes import infer_shapes
+
+    RaiseToCore().call(model)
+    if model.source == "onnx":
+        infer_shapes(model, probe=True)
+    return ChannelGraph(model).groups
 
 
 def _dims(specs: list[str]) -> dict[str, int]:

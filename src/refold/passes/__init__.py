@@ -10,13 +10,14 @@ from refold.passes.dce import DeadCodeElimination
 from refold.passes.fold_constants import FoldConstants
 from refold.passes.fuse_conv_bn import FuseConvBN
 from refold.passes.layernorm_to_rmsnorm import LayerNormToRMSNorm
+from refold.passes.prune import Prune
 from refold.passes.quantize.qdq import Quantize
 from refold.passes.raise_core import RaiseToCore
 from refold.passes.shape_inference import InferShapes
 
 PASSES: dict[str, Callable[[], Pass]] = {
     p.name: p for p in (DeadCodeElimination, CommonSubexpressionElimination, FoldConstants,
-                        InferShapes, RaiseToCore, FuseConvBN, LayerNormToRMSNorm, Quantize)
+                        InferShapes, RaiseToCore, FuseConvBN, LayerNormToRMSNorm, Quantize, Prune)
 }
 
 
@@ -66,4 +67,4 @@ def describe(name: str) -> str:
 
 __all__ = ["Pass", "PassManager", "PassRecord", "PassResult", "Report", "PASSES", "get_pass", "describe", "Option",
            "CommonSubexpressionElimination", "DeadCodeElimination", "FoldConstants", "FuseConvBN", "InferShapes", "LayerNormToRMSNorm",
-           "RaiseToCore", "Quantize"]
+           "RaiseToCore", "Quantize", "Prune"]

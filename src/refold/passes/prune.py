@@ -1,0 +1,197 @@
+"""Structured pruning: remove the least important channels of each dependency group, physically
+shrinking every tensor that shares them (weights, biases, BN statistics, reshape targets).
+
+    group (conv1 out, bn1, conv2 in), units 0..C-1, importance I_c = sum over members ||slice_c||
+    remove the floor(ratio * C) least important units (kept count rounded up to round_to, >= keep_min)
+    W1 <- W1[kept], b1 <- b1[kept], bn1.* <- bn1.*[kept], W2 <- W2[:, kept]
+
+Only zero-invariant groups are pruned (``passes/analysis/channels.py``): zeroing a group's slices
+and removing them give the same outputs, so what pruning changes is exactly what the removed
+channels contributed.
+
+>>> Prune(ratio=0.5, importance="l1")   # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from refold.errors import UsageError
+from refold.ir.graph import CORE, Model
+from refold.ir.tensor import Tensor
+from refold.passes.analysis.channels import ChannelGraph, Group
+from refold.passes.base import RAISED, Option, Pass, PassResult, Reason
+
+
+class Prune(Pass):
+    """Remove ``ratio`` of the channels of every prunable dependency group (or of all channels,
+    ``scope=global``), least important first."""
+
+    name = "prune"
+    description = "remove the least important channels of dependency-coupled groups, shrinking the tensors"
+    requires = frozenset({RAISED})
+    exact = False  # removes what the channels contributed; the check reports the difference
+    options = (
+        Option("ratio", float, 0.5, "fraction of channels removed per group (scope=per_layer) or overall (global)"),
+        Option("importance", str, "l1", "channel importance: l1 / l2 norm of the group's slices, or the "
+               "BatchNorm scale |gamma|", choices=("l1", "l2", "bn_scale")),
+        Option("scope", str, "per_layer", "per_layer: ratio in every group; global: the least important "
+               "channels of the whole model, each group's importances normalised by their mean",
+               choices=("per_layer", "global")),
+        Option("round_to", int, 1, "keep a multiple of this many channels per group (8 for fast kernels)"),
+        Option("keep_min", int, 1, "keep at least this many channels per group"),
+        Option("exclude", str, "", "node names whose output channels stay, separated by '+'"),
+    )
+
+    def validate(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise UsageError(f"prune: ratio={self.ratio} is not in [0, 1)")
+        if self.round_to < 1 or self.keep_min < 1:
+            raise UsageError("prune: round_to and keep_min must be at least 1")
+
+    def call(self, model: Model) -> PassResult:
+        from refold.runtime.shapes import infer_shapes
+
+        if model.source == "onnx":
+            infer_shapes(model, probe=True)
+        cg = ChannelGraph(model)
+        excluded = {e.strip() for e in self.exclude.split("+") if e.strip()}
+        skipped: dict[str, Reason] = {}
+        candidates: list[tuple[Group, np.ndarray]] = []
+        for g in cg.groups:
+            label = f"group {g.index} ({', '.join(g.sources) or next(iter(g.params), ('?',))[0]})"
+            if not g.prunable:
+                skipped[label] = g.why_not
+            elif excluded & set(g.sources):
+                skipped[label] = Reason("excluded by the user", "excluded")
+            else:
+                candidates.append((g, importance(model, g, self.importance)))
+        plan = self._plan(candidates)
+        removed = {g.index: units for g, units in plan if len(units)}
+        params_before = _param_count(model)
+        if removed:
+            remove_units(model, {g.index: g for g, _ in plan}, removed)
+        stats = {"groups": len(cg.groups), "prunable": len(candidates), "pruned_groups": len(removed),
+                 "channels_removed": int(sum(len(u) for u in removed.values())),
+                 "channels": int(sum(g.units for g, _ in candidates)),
+                 "params_before": params_before, "params_after": _param_count(model), "not_pruned": skipped}
+        return PassResult(model, bool(removed), stats)
+
+    def _plan(self, candidates: list[tuple[Group, np.ndarray]]) -> list[tuple[Group, np.ndarray]]:
+        """Which units of each group go."""
+        if self.scope == "global" and candidates:
+            scores = np.concatenate([imp / (imp.mean() if imp.mean() > 0 else 1.0) for _, imp in candidates])
+            cut = np.sort(scores)[int(np.floor(self.ratio * scores.size))] if self.ratio > 0 else -np.inf
+            wanted = [int((imp / (imp.mean() if imp.mean() > 0 else 1.0) < cut).sum()) for _, imp in candidates]
+        else:
+            wanted = [int(np.floor(self.ratio * g.units)) for g, _ in candidates]
+        out = []
+        for (g, imp), drop in zip(candidates, wanted):
+            keep = max(g.units - drop, self.keep_min, 1)
+            keep = min(g.units, -(-keep // self.round_to) * self.round_to)
+            order = np.argsort(imp, kind="stable")  # least important first, ties by index
+            out.append((g, np.sort(order[: g.units - keep])))
+        return out
+
+
+def importance(model: Model, group: Group, kind: str) -> np.ndarray:
+    """Per unit of ``group``: the l1 / l2 norm of all its slices, or |gamma| of its BatchNorms."""
+    consts = model.graph.initializers
+    score = np.zeros(group.units)
+    scales = _bn_scales(model) if kind == "bn_scale" else set()
+    for (name, axis), per_unit in group.params.items():
+        if kind == "bn_scale" and name not in scales:
+            continue
+        arr = np.moveaxis(np.asarray(consts[name].const.numpy(), np.float64), axis, 0)
+        for u, idx in enumerate(per_unit):
+            part = arr[idx]
+            score[u] += np.abs(part).sum() if kind in ("l1", "bn_scale") else (part ** 2).sum()
+    if kind == "bn_scale" and not scales & {name for name, _ in group.params}:  # no BN in the group: fall back to l1
+        return importance(model, group, "l1")
+    return np.sqrt(score) if kind == "l2" else score
+
+
+def _bn_scales(model: Model) -> set[str]:
+    return {n.inputs[1].name for n in model.graph if n.domain == CORE and n.op == "batch_norm"}
+
+
+def zero_units(model: Model, group: Group, units) -> None:
+    """Set every slice of ``units`` in ``group`` to zero (the oracle pruning must agree with)."""
+    consts = model.graph.initializers
+    for (name, axis), per_unit in group.params.items():
+        idx = sorted({i for u in units for i in per_unit[u]})
+        arr = np.array(consts[name].const.numpy(), copy=True)
+        np.moveaxis(arr, axis, 0)[idx] = 0
+        consts[name].const = Tensor.from_array(arr)
+
+
+def remove_units(model: Model, groups: dict[int, Group], removed: dict[int, np.ndarray]) -> None:
+    """Physically delete the slices of the removed units of every group at once (indices are
+    the original ones, so groups sharing a tensor, as a concat's reader does, compose), shrink
+    the reshape targets spelling the width, and re-derive shapes."""
+    consts = model.graph.initializers
+    cut: dict[tuple[str, int], set[int]] = defaultdict(set)
+    shrink: dict[tuple[str, int], int] = defaultdict(int)
+    for gi, units in removed.items():
+        g = groups[gi]
+        for (name, axis), per_unit in g.params.items():
+            cut[(name, axis)].update(i for u in units for i in per_unit[u])
+        for target, pos, per_unit in g.shapes:
+            shrink[(target, pos)] += int(sum(per_unit[u] for u in units))
+    by_name: dict[str, list[tuple[int, list[int]]]] = defaultdict(list)
+    for (name, axis), idx in cut.items():
+        by_name[name].append((axis, sorted(idx)))
+    depthwise = {n: (n.inputs[1].shape[0] // n.attrs.get("group", 1)) for n in model.graph
+                 if n.domain == CORE and n.op == "conv" and n.attrs.get("group", 1) > 1
+                 and n.inputs[1].shape is not None and n.inputs[1].shape[1] == 1}
+    for name, cuts in by_name.items():
+        v = consts[name]
+        arr = np.asarray(v.const.numpy())
+        for axis, idx in cuts:
+            arr = np.delete(arr, idx, axis=axis)
+        v.const = Tensor.from_array(np.ascontiguousarray(arr))
+        v.shape = tuple(arr.shape)
+    for (name, pos), minus in shrink.items():
+        v = consts[name]
+        arr = np.array(v.const.numpy(), copy=True)
+        arr.reshape(-1)[pos] -= minus
+        v.const = Tensor.from_array(arr)
+    for n, per_group in depthwise.items():  # a depthwise conv keeps one group per input channel
+        n.attrs["group"] = n.inputs[1].shape[0] // per_group
+    _reshape_values(model)
+
+
+def _reshape_values(model: Model) -> None:
+    """Shapes of the activations after the weights shrank. ONNX models: onnx's inference again.
+    Torch models: one torch-runner run on the example inputs; a dim stays symbolic where it was
+    (pruning changes only static channel counts)."""
+    if model.source == "onnx":
+        from refold.runtime.shapes import infer_shapes
+
+        for n in model.graph.all_nodes():
+            for o in n.outputs:
+                o.shape = None
+        infer_shapes(model, probe=True)
+        return
+    import torch
+
+    from refold.runtime.torch_runner import TorchRunner
+
+    examples = model.meta.get("torch.example_inputs")
+    if examples is None:
+        from refold.runtime.probe import probe_dims, probe_inputs
+
+        examples = probe_inputs(model, dims=probe_dims(model))
+    values = [o for n in model.graph for o in n.outputs if o.shape is not None]
+    with torch.no_grad():
+        got = TorchRunner(model).run(examples, capture=[v.name for v in values])
+    for v in values:
+        t = got.get(v.name)
+        if hasattr(t, "shape") and len(t.shape) == len(v.shape):
+            v.shape = tuple(d if isinstance(d, str) else int(s) for d, s in zip(v.shape, t.shape))
+
+
+def _param_count(model: Model) -> int:
+    return int(sum(np.prod(v.shape or (), dtype=np.int64) for v in model.graph.initializers.values()
+                   if v.const is not None and v.dtype is not None and v.dtype.is_float))
