@@ -131,4 +131,43 @@ def allocate_bits(model: Model, layers: dict[str, tuple], batches: list, choices
     info = {"hessian_trace": {k: round(v, 6) for k, v in traces.items()}, "hessian_steps": steps,
             "frontier": [(round(s / 8e6, 6), c) for s, c, _ in front],
             "chosen": (round(best[0] / 8e6, 6), best[1]), "budget_mb": round(budget_bits / 8e6, 6)}
-    return best[2], info
+    bits = best[2]
+    # The sensitivity is a second-order proxy: where one bit-width for every layer fits the budget,
+    # the allocation with the lower measured output error (weights quantized, activations float)
+    # is kept, so mixed precision is never worse than uniform at its size.
+    total = sum(w.const.numpy().size for w, _ in layers.values())
+    fitting = [b for b in choices if total * b <= budget_bits * (1 + 1e-12)]
+    if fitting and len(set(bits.values())) > 1:
+        uniform = {k: max(fitting) for k in layers}
+        e_mixed, e_uniform = (output_error(model, layers, a, batches) for a in (bits, uniform))
+        info["uniform_check"] = {"bits": max(fitting), "mixed_error": e_mixed, "uniform_error": e_uniform}
+        if e_uniform < e_mixed:
+            bits = uniform
+            info["uniform_check"]["kept"] = "uniform"
+    return bits, info
+
+
+def output_error(model: Model, layers: dict[str, tuple], bits: dict[str, int], batches: list) -> float:
+    """Squared output error over ``batches`` with each layer's weight rounded to its bits
+    (activations in float): what an allocation costs, measured rather than estimated."""
+    import torch
+
+    from refold.passes.quantize.params import quantize_weight, weight_params
+    from refold.runtime.torch_runner import TorchRunner
+
+    runner = TorchRunner(model, trainable=sorted({w.name for w, _ in layers.values()}))
+    params = runner.parameters()
+    out = model.graph.outputs[0].name
+    err = 0.0
+    with torch.no_grad():
+        refs = [runner.run(feeds)[out].clone() for feeds, _ in batches]
+        for name, (w, axis) in layers.items():
+            arr = w.const.numpy()
+            scale, _ = weight_params(arr, axis, bits[name])
+            q = quantize_weight(arr, scale, axis, bits[name]).astype(np.float32)
+            s = scale if axis is None or scale.ndim == 0 else scale.reshape(
+                [-1 if i == axis % arr.ndim else 1 for i in range(arr.ndim)])
+            params[w.name].copy_(torch.from_numpy(q * s))
+        for (feeds, _), ref in zip(batches, refs):
+            err += float(((runner.run(feeds)[out] - ref) ** 2).sum())
+    return err

@@ -262,6 +262,7 @@ class Quantize(Pass):
             ranges, sparse = self._calibrate(runner_for(model), data, list(act_values), outs, kept, act_type)
 
         weight_bits, mixed = self._weight_bits(model, targets, per_channel, kept)
+        sizes = {w.name: w.const.numpy().size for w in _weights(targets)}  # before the weights are replaced
         b = Inserter(graph)
         dq_of: dict[str, Value] = {}
         if not self.weight_only:
@@ -324,8 +325,7 @@ class Quantize(Pass):
             stats["zeroq"] = distilled
         if weight_bits:
             stats["weight_bits"] = weight_bits
-            stats["weights_mb"] = round(sum(w.const.numpy().size * weight_bits[w.name] for w in
-                                            {w.name: w for w in _weights(targets)}.values()) / 8e6, 6)
+            stats["weights_mb"] = round(sum(n * weight_bits.get(k, 8) for k, n in sizes.items()) / 8e6, 6)
         if mixed:
             stats.update(mixed)
         if sparse:
