@@ -222,3 +222,21 @@ def test_never_removes_every_channel_and_bad_options(capsys):
     assert cli.main(["run", "example:tiny_cnn", "-p", "prune:ratio=2", "-o", "/tmp/never.onnx"]) == 2
     assert cli.main(["show", "--groups", "example:tiny_cnn"]) == 0
     assert "channel groups:" in capsys.readouterr().out
+
+
+def test_taylor_importance_uses_the_data_and_macs_are_reported():
+    x = torch.randn(4, 3, 8, 8)
+    net = Twice().eval()
+    with torch.no_grad():  # channel 3 contributes nothing: first to go by w * dL/dw
+        net.c1.weight[3] = 0
+        net.c1.bias[3] = 0
+    data = [(torch.randn(4, 3, 8, 8),) for _ in range(3)]
+    gm, report = refold.optimize(net, (x,), passes=[Prune(ratio=0.125, importance="taylor", data=data)])
+    st = report.record("prune").stats
+    assert st["channels_removed"] == 1 and st["macs_after"] < st["macs_before"]
+    kept = dict(gm.named_parameters())
+    w = next(v for k, v in kept.items() if v.shape[0] == 7 and v.dim() == 4)
+    expected = torch.cat([net.c1.weight[:3], net.c1.weight[4:]])
+    assert torch.equal(w.detach(), expected)
+    with pytest.raises(UsageError, match="taylor needs data"):
+        refold.optimize(net, (x,), passes=[Prune(importance="taylor")])

@@ -34,8 +34,10 @@ class Prune(Pass):
     exact = False  # removes what the channels contributed; the check reports the difference
     options = (
         Option("ratio", float, 0.5, "fraction of channels removed per group (scope=per_layer) or overall (global)"),
-        Option("importance", str, "l1", "channel importance: l1 / l2 norm of the group's slices, or the "
-               "BatchNorm scale |gamma|", choices=("l1", "l2", "bn_scale")),
+        Option("importance", str, "l1", "channel importance: l1 / l2 norm of the group's slices, the "
+               "BatchNorm scale |gamma|, or taylor: |sum of w * dL/dw| over the slices on the data (first-order "
+               "loss change; L is the task loss with labels, else cross-entropy against the model's own "
+               "predictions)", choices=("l1", "l2", "bn_scale", "taylor")),
         Option("scope", str, "per_layer", "per_layer: ratio in every group; global: the least important "
                "channels of the whole model, each group's importances normalised by their mean",
                choices=("per_layer", "global")),
@@ -43,6 +45,10 @@ class Prune(Pass):
         Option("keep_min", int, 1, "keep at least this many channels per group"),
         Option("exclude", str, "", "node names whose output channels stay, separated by '+'"),
     )
+
+    def __init__(self, *args, data=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data = data
 
     def validate(self) -> None:
         if not 0 <= self.ratio < 1:
@@ -56,6 +62,8 @@ class Prune(Pass):
         if model.source == "onnx":
             infer_shapes(model, probe=True)
         cg = ChannelGraph(model)
+        grads = self._taylor(model, cg) if self.importance == "taylor" else None
+        macs_before = count_macs(model)
         excluded = {e.strip() for e in self.exclude.split("+") if e.strip()}
         skipped: dict[str, Reason] = {}
         candidates: list[tuple[Group, np.ndarray]] = []
@@ -66,7 +74,7 @@ class Prune(Pass):
             elif excluded & set(g.sources):
                 skipped[label] = Reason("excluded by the user", "excluded")
             else:
-                candidates.append((g, importance(model, g, self.importance)))
+                candidates.append((g, importance(model, g, self.importance, grads)))
         plan = self._plan(candidates)
         removed = {g.index: units for g, units in plan if len(units)}
         params_before = _param_count(model)
@@ -75,8 +83,44 @@ class Prune(Pass):
         stats = {"groups": len(cg.groups), "prunable": len(candidates), "pruned_groups": len(removed),
                  "channels_removed": int(sum(len(u) for u in removed.values())),
                  "channels": int(sum(g.units for g, _ in candidates)),
-                 "params_before": params_before, "params_after": _param_count(model), "not_pruned": skipped}
+                 "params_before": params_before, "params_after": _param_count(model),
+                 "macs_before": macs_before, "macs_after": count_macs(model), "not_pruned": skipped}
         return PassResult(model, bool(removed), stats)
+
+    def _taylor(self, model: Model, cg: ChannelGraph) -> dict[str, np.ndarray]:
+        """sum over the data of w * dL/dw for every prunable group's constants."""
+        import torch
+
+        from refold.ir.progress import StepBar
+        from refold.passes.quantize.hawq import _loss
+        from refold.runtime.torch_runner import TorchRunner
+
+        if self.data is None:
+            raise UsageError("prune: importance=taylor needs data: Prune(data=...) in Python, --data on the command line")
+        names = sorted({name for g in cg.groups if g.prunable for name, _ in g.params
+                        if model.graph.initializers[name].dtype is not None
+                        and model.graph.initializers[name].dtype.is_float})
+        runner = TorchRunner(model, trainable=names)
+        params = runner.parameters()
+        out = model.graph.outputs[0].name
+        n_inputs = sum(1 for v in model.graph.inputs if v.const is None)
+        acc = {k: torch.zeros_like(t) for k, t in params.items()}
+        with StepBar("batch") as bar:
+            for i, batch in enumerate(self.data):
+                labels = None
+                if isinstance(batch, (tuple, list)) and len(batch) == n_inputs + 1:
+                    batch, labels = tuple(batch[:-1]), torch.as_tensor(np.asarray(batch[-1]))
+                with torch.enable_grad():
+                    y = runner.run(batch)[out]
+                    target = labels if labels is not None else y.detach()
+                    loss = _loss(y, target, labels is not None)
+                    gs = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
+                for k, g in zip(names, gs):
+                    if g is not None:
+                        acc[k] += (g * params[k]).detach()
+                if bar.enabled:
+                    bar(i + 1, i + 1, "taylor importance")
+        return {k: t.numpy() for k, t in acc.items()}
 
     def _plan(self, candidates: list[tuple[Group, np.ndarray]]) -> list[tuple[Group, np.ndarray]]:
         """Which units of each group go."""
@@ -95,10 +139,18 @@ class Prune(Pass):
         return out
 
 
-def importance(model: Model, group: Group, kind: str) -> np.ndarray:
-    """Per unit of ``group``: the l1 / l2 norm of all its slices, or |gamma| of its BatchNorms."""
+def importance(model: Model, group: Group, kind: str, grads: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """Per unit of ``group``: the l1 / l2 norm of all its slices, |gamma| of its BatchNorms, or
+    (taylor) |sum of w * dL/dw| over its slices (``grads``: that product, summed over the data)."""
     consts = model.graph.initializers
     score = np.zeros(group.units)
+    if kind == "taylor":
+        for (name, axis), per_unit in group.params.items():
+            if grads and name in grads:
+                moved = np.moveaxis(np.asarray(grads[name], np.float64), axis, 0)
+                for u, idx in enumerate(per_unit):
+                    score[u] += moved[idx].sum()
+        return np.abs(score)
     scales = _bn_scales(model) if kind == "bn_scale" else set()
     for (name, axis), per_unit in group.params.items():
         if kind == "bn_scale" and name not in scales:
@@ -190,6 +242,40 @@ def _reshape_values(model: Model) -> None:
         t = got.get(v.name)
         if hasattr(t, "shape") and len(t.shape) == len(v.shape):
             v.shape = tuple(d if isinstance(d, str) else int(s) for d, s in zip(v.shape, t.shape))
+
+
+def count_macs(model: Model) -> int | None:
+    """Multiply-accumulates of conv / conv-transpose / linear / gemm / matmul on one run of the
+    example inputs (a torch model's own, else probe inputs); None when the model cannot run."""
+    import torch
+
+    from refold.runtime.torch_runner import TorchRunner
+
+    dense = [n for n in model.graph if n.domain == CORE and n.op in ("conv", "conv_transpose", "linear", "gemm", "matmul")]
+    feeds = model.meta.get("torch.example_inputs")
+    if feeds is None:
+        from refold.runtime.probe import probe_dims, probe_inputs
+
+        feeds = probe_inputs(model, dims=probe_dims(model))
+    names = sorted({v.name for n in dense for v in (*n.inputs[:2], n.outputs[0]) if v is not None and v.const is None})
+    try:
+        with torch.no_grad():
+            got = TorchRunner(model).run(feeds, capture=names)
+    except Exception:
+        return None
+    shape = lambda v: tuple(v.const.shape) if v.const is not None else tuple(got[v.name].shape)  # noqa: E731
+    total = 0
+    for n in dense:
+        out, w = shape(n.outputs[0]), shape(n.inputs[1])
+        if n.op == "conv":  # every output element: Cin/g * kernel
+            total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif n.op == "conv_transpose":  # every input element: Cout/g * kernel
+            total += int(np.prod(shape(n.inputs[0]))) * int(np.prod(w[1:]))
+        elif n.op == "gemm":
+            total += int(np.prod(out)) * (w[1] if n.attrs.get("transB", 0) else w[0])
+        else:  # linear [out, in]; matmul [..., K, N]
+            total += int(np.prod(out)) * (w[-1] if n.op == "linear" else shape(n.inputs[0])[-1])
+    return total
 
 
 def _param_count(model: Model) -> int:
