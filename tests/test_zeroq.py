@@ -106,3 +106,17 @@ def test_zeroq_needs_batchnorm_and_float_inputs(tmp_path):
     torch.onnx.export(lin, (torch.randn(2, 4),), src, dynamo=False, input_names=["x"])
     assert cli.main(["run", src, "-p", "quantize:calibration=zeroq", "-o", str(out)]) != 0
     assert not out.exists()
+
+
+def test_zeroq_from_the_command_line_on_an_onnx_export(tmp_path):
+    net = _Net().eval()
+    src, out, saved = tmp_path / "net.onnx", tmp_path / "q.onnx", tmp_path / "batch.npz"
+    torch.onnx.export(net, (torch.randn(1, 3, 12, 12),), str(src), dynamo=False, input_names=["x"],
+                      dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}},
+                      training=torch.onnx.TrainingMode.PRESERVE)  # keep the BatchNormalization nodes
+    assert cli.main(["run", str(src), "-p", f"quantize:calibration=zeroq,zeroq_iterations=20,zeroq_batch=4,"
+                     f"zeroq_shape=3x12x12,zeroq_save={saved}", "-o", str(out), "--quiet"]) == 0
+    proto = onnx.load(str(out))
+    assert sum(n.op_type == "QuantizeLinear" for n in proto.graph.node) > 0
+    with np.load(saved) as f:
+        assert f["x"].shape == (4, 3, 12, 12)
