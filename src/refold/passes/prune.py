@@ -92,7 +92,7 @@ class Prune(Pass):
         import torch
 
         from refold.ir.progress import StepBar
-        from refold.passes.quantize.hawq import _loss
+        from refold.passes.objectives import task_loss
         from refold.runtime.torch_runner import TorchRunner
 
         if self.data is None:
@@ -113,7 +113,7 @@ class Prune(Pass):
                 with torch.enable_grad():
                     y = runner.run(batch)[out]
                     target = labels if labels is not None else y.detach()
-                    loss = _loss(y, target, labels is not None)
+                    loss = task_loss(y, target, labels is not None)
                     gs = torch.autograd.grad(loss, [params[k] for k in names], allow_unused=True)
                 for k, g in zip(names, gs):
                     if g is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from refold.ir.graph import Model
+from refold.passes.objectives import task_loss
 
 
 def hessian_traces(model: Model, weights: dict[str, str], batches: list, *, iterations: int = 100,
@@ -44,7 +45,7 @@ def hessian_traces(model: Model, weights: dict[str, str], batches: list, *, iter
         feeds, labels = batches[it % len(batches)]
         with torch.enable_grad():
             out = runner.run(feeds)[out_name]
-            loss = _loss(out, targets[it % len(batches)], labels is not None)
+            loss = task_loss(out, targets[it % len(batches)], labels is not None)
             grads = torch.autograd.grad(loss, tensors, create_graph=True)
             vs = [torch.randint(0, 2, t.shape, generator=gen).to(t.dtype) * 2 - 1 for t in tensors]
             hv = torch.autograd.grad(sum((g * v).sum() for g, v in zip(grads, vs)), tensors)
@@ -58,19 +59,6 @@ def hessian_traces(model: Model, weights: dict[str, str], batches: list, *, iter
         if steps > 2 and change.max() < tol:
             break
     return dict(zip(names, means.tolist())), steps
-
-
-def _loss(out, target, labelled: bool):
-    """The task loss with labels; else cross-entropy against the float model's own arg-max, or
-    squared error for outputs that are not logits."""
-    import torch
-
-    if labelled:
-        return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(), target.reshape(-1).long())
-    if out.dim() >= 2 and out.shape[-1] > 1:
-        return torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]).float(),
-                                                 target.reshape(-1, target.shape[-1]).argmax(-1))
-    return ((out - target) ** 2).mean()
 
 
 def pareto(layers: dict[str, dict[int, tuple[float, float]]]) -> list[tuple[float, float, dict[str, int]]]:
