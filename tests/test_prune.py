@@ -15,7 +15,7 @@ from refold.api import load
 from refold.errors import UsageError
 from refold.passes import Prune
 from refold.passes.analysis.channels import ChannelGraph
-from refold.passes.prune import remove_units, zero_units
+from refold.passes.prune import remove_units, untie_constants, zero_units
 from refold.passes.raise_core import RaiseToCore
 from refold.runtime import runner_for
 from refold.runtime.ort import OrtRunner
@@ -85,6 +85,7 @@ def _prepared(factory):
     RaiseToCore().call(m)
     if m.source == "onnx":
         infer_shapes(m, probe=True)
+    untie_constants(m)
     return m
 
 
@@ -240,3 +241,59 @@ def test_taylor_importance_uses_the_data_and_macs_are_reported():
     assert torch.equal(w.detach(), expected)
     with pytest.raises(UsageError, match="taylor needs data"):
         refold.optimize(net, (x,), passes=[Prune(importance="taylor")])
+
+
+class DenseNetish(torch.nn.Module):
+    """DenseNet's dense block: BN-ReLU-conv layers whose outputs are concatenated onto the input,
+    so every layer reads slices of one growing concat; a transition conv and pooling."""
+
+    def __init__(self, growth=6, layers=3):
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        c = 8
+        self.norms, self.convs = torch.nn.ModuleList(), torch.nn.ModuleList()
+        for _ in range(layers):
+            self.norms.append(torch.nn.BatchNorm2d(c))
+            self.convs.append(torch.nn.Conv2d(c, growth, 3, padding=1))
+            c += growth
+        self.trans_bn, self.trans = torch.nn.BatchNorm2d(c), torch.nn.Conv2d(c, 10, 1)
+        for bn in [*self.norms, self.trans_bn]:
+            bn.running_mean.uniform_(-0.3, 0.3)
+            bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        feats = self.stem(x)
+        for bn, conv in zip(self.norms, self.convs):
+            feats = torch.cat([feats, conv(F.relu(bn(feats)))], 1)
+        return F.adaptive_avg_pool2d(self.trans(F.relu(self.trans_bn(feats))), 1).flatten(1)
+
+
+def test_densenet_concat_groups_in_both_worlds_and_a_resnet50_shaped_onnx_file(tmp_path):
+    x = torch.randn(2, 3, 16, 16)
+    net = DenseNetish().eval()
+    groups = [g for g in ChannelGraph(_prepared(lambda: load(net, (x,)))).groups if g.prunable]
+    # the stem and each dense layer: 4 groups, each reaching every later BN and conv through the concat
+    assert sorted(g.units for g in groups) == [6, 6, 6, 8]
+    stem = next(g for g in groups if g.units == 8)
+    assert {("p_trans_bn_weight", 0), ("p_trans_weight", 1), ("p_convs_2_weight", 1)} <= set(stem.params)
+    assert _oracle(lambda: load(net, (x,)), (x,)) == 4
+    path = str(tmp_path / "dense.onnx")
+    torch.onnx.export(net, (x,), path, dynamo=False, input_names=["x"], output_names=["y"])
+    assert _oracle(lambda: load(path), {"x": x.numpy()}) == 4
+    proto, report = refold.optimize(path, passes=[Prune(ratio=0.5)])
+    assert report.record("prune").stats["channels_removed"] == 4 + 3 * 3
+    assert OrtRunner(proto).run({"x": x.numpy()})["y"].shape == (2, 10)
+    # ResNet-50's widths and bottlenecks (one block a stage), as an ONNX file
+    import transformers as tf
+
+    torch.manual_seed(0)
+    resnet = tf.ResNetModel(tf.ResNetConfig(depths=[1, 1, 1, 1])).eval()
+    rpath = str(tmp_path / "resnet50ish.onnx")
+    xr = torch.randn(1, 3, 64, 64)
+    torch.onnx.export(zoo.last_hidden(resnet), (xr,), rpath, dynamo=False, input_names=["x"], output_names=["y"])
+    proto, report = refold.optimize(rpath, passes=[Prune(ratio=0.5, round_to=8)])
+    st = report.record("prune").stats
+    assert st["pruned_groups"] >= 8 and st["params_after"] < 0.45 * st["params_before"]
+    assert st["macs_after"] < 0.45 * st["macs_before"]
+    assert OrtRunner(proto).run({"x": xr.numpy()})["y"].shape == (1, 2048, 2, 2)

@@ -125,12 +125,14 @@ def cmd_show(args) -> int:
 def _groups(model) -> list:
     """The dependency groups of a copy of ``model`` raised to core ops."""
     from refold.passes.analysis.channels import ChannelGraph
+    from refold.passes.prune import untie_constants
     from refold.passes.raise_core import RaiseToCore
     from refold.runtime.shapes import infer_shapes
 
     RaiseToCore().call(model)
     if model.source == "onnx":
         infer_shapes(model, probe=True)
+    untie_constants(model)
     return ChannelGraph(model).groups
 
 

@@ -61,6 +61,7 @@ class Prune(Pass):
 
         if model.source == "onnx":
             infer_shapes(model, probe=True)
+        untie_constants(model)
         cg = ChannelGraph(model)
         grads = self._taylor(model, cg) if self.importance == "taylor" else None
         macs_before = count_macs(model)
@@ -137,6 +138,26 @@ class Prune(Pass):
             order = np.argsort(imp, kind="stable")  # least important first, ties by index
             out.append((g, np.sort(order[: g.units - keep])))
         return out
+
+
+def untie_constants(model: Model) -> int:
+    """Give each reader of a shared constant its own copy (not a trainable parameter: tied weights
+    stay tied). Exporters deduplicate equal initializers — the zero biases of every 256-wide conv
+    become one tensor — and a shared constant would couple layers that have nothing in common."""
+    count = 0
+    g = model.graph
+    for v in list(g.initializers.values()):
+        if v.const is None or v.kind == "param" or v.dtype is None or not v.dtype.is_float:
+            continue
+        readers = list(dict.fromkeys(n for n, _ in v.uses()))
+        for n in readers[1:]:
+            copy = g.add_const(Tensor.from_array(np.array(v.const.numpy(), copy=True)), prefix=v.name)
+            copy.shape, copy.dtype = v.shape, v.dtype
+            for i, u in enumerate(n.inputs):
+                if u is v:
+                    n.set_input(i, copy)
+            count += 1
+    return count
 
 
 def importance(model: Model, group: Group, kind: str, grads: dict[str, np.ndarray] | None = None) -> np.ndarray:
