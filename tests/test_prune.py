@@ -297,3 +297,23 @@ def test_densenet_concat_groups_in_both_worlds_and_a_resnet50_shaped_onnx_file(t
     assert st["pruned_groups"] >= 8 and st["params_after"] < 0.45 * st["params_before"]
     assert st["macs_after"] < 0.45 * st["macs_before"]
     assert OrtRunner(proto).run({"x": xr.numpy()})["y"].shape == (1, 2048, 2, 2)
+
+
+@pytest.mark.parametrize("name,heads", [("vit", 2), ("gpt2", 2), ("bert", 2), ("llama", 2)])
+def test_attention_heads_and_grouped_query_attention_prune_whole(name, heads):
+    # whole heads go together across q, k, v and the output projection (Torch-Pruning#287: the
+    # head count must follow); Llama's grouped-query attention prunes whole key/value groups
+    # with their query heads (LLM-Pruner#64)
+    model, inputs = zoo.tiny_hf_model(name)
+    module = zoo.last_hidden(model).eval()
+    groups = ChannelGraph(_prepared(lambda: load(module, inputs))).groups
+    attn = [g for g in groups if g.prunable and g.units == heads]
+    assert len(attn) == 2, [g.describe() for g in groups]  # one per layer
+    stream = next(g for g in groups if not g.prunable and g.why_not.code == "no-rule" and g.units == 32)
+    assert "normalises" in str(stream.why_not) or "embedding" in str(stream.why_not)
+    assert _oracle(lambda: load(module, inputs), inputs, max_groups=4) == 4
+    gm, report = refold.optimize(module, inputs, passes=[Prune(ratio=0.5)])
+    st = report.record("prune").stats
+    assert st["pruned_groups"] == 4 and st["macs_after"] < 0.75 * st["macs_before"]
+    with torch.no_grad():
+        assert gm(*inputs).shape == module(*inputs).shape

@@ -225,7 +225,16 @@ def remove_units(model: Model, groups: dict[int, Group], removed: dict[int, np.n
             arr = np.delete(arr, idx, axis=axis)
         v.const = Tensor.from_array(np.ascontiguousarray(arr))
         v.shape = tuple(arr.shape)
+    by_node = {n.name: n for n in model.graph}
     for (name, pos), minus in shrink.items():
+        if name.startswith("args:"):  # a torch view's size list
+            node = by_node[name[len("args:"):]]
+            args = list(node.attrs["args"])
+            sizes = list(args[1])
+            sizes[pos] -= minus
+            args[1] = type(node.attrs["args"][1])(sizes)
+            node.attrs["args"] = tuple(args) if isinstance(node.attrs["args"], tuple) else args
+            continue
         v = consts[name]
         arr = np.array(v.const.numpy(), copy=True)
         arr.reshape(-1)[pos] -= minus

@@ -26,7 +26,7 @@ _UNARY = {
     "aten": {"relu", "relu_", "sigmoid", "tanh", "hardtanh", "hardtanh_", "hardswish", "hardswish_",
              "hardsigmoid", "silu", "silu_", "gelu", "dropout", "clone", "contiguous", "alias", "detach",
              "leaky_relu", "elu", "clamp", "clamp_min", "neg", "abs", "exp", "sqrt", "rsqrt", "erf",
-             "_to_copy", "to", "mish"},
+             "_to_copy", "to", "mish", "dropout_", "feature_dropout", "alpha_dropout", "_assert_tensor_metadata"},
 }
 _BINARY = {
     CORE: {"add", "sub", "mul", "div"},
@@ -62,11 +62,17 @@ def _const_ints(v: Value | None) -> list[int] | None:
     return [int(x) for x in np.asarray(v.const.numpy()).reshape(-1)]
 
 
-def couple(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
-    """Link the channels ``n`` couples with channel axis ``axis`` of ``v``; a string: why not."""
+def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
+    """Link the channels ``n`` couples with channel axis ``axis`` of ``v`` (an int, or a tuple of
+    axes holding one flat channel index); a string: why not."""
     ins, outs = n.inputs, n.outputs
     y = outs[0] if outs else None
     d = n.dialect
+    why = _axiswise(cg, n, v, axis)
+    if why != _NOT_AXISWISE:
+        return why
+    if isinstance(axis, tuple):
+        return f"{n.qualified_op}: no rule for channels spread over several axes (attention heads)"
     if d == CORE and n.op == "conv":
         return _conv(cg, n, v, axis)
     if d == CORE and n.op == "conv_transpose":
@@ -102,26 +108,12 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
         return None
     if d == CORE and n.op in ("linear", "gemm", "matmul"):
         return _dense(cg, n, v, axis)
-    if n.op in _UNARY.get(d, ()):
-        if v is not ins[0] and v is not y:
-            return None  # Clip's bounds, a dtype argument
-        cg._identity(v, axis, y if v is ins[0] else ins[0], axis)
-        return None
-    if n.op in _BINARY.get(d, ()):
-        return _broadcast(cg, n, v, axis)
     if n.op in _POOL.get(d, ()):
         if v is not ins[0] and v is not y:
             return "a resampling parameter"
         if axis > 1:
             return "resamples this axis"
         cg._identity(v, axis, y if v is ins[0] else ins[0], axis)
-        return None
-    if d == CORE and n.op == "transpose":
-        perm = n.attrs.get("perm") or list(reversed(range(len(ins[0].shape))))
-        if v is ins[0]:
-            cg._identity(v, axis, y, list(perm).index(axis))
-        else:
-            cg._identity(v, axis, ins[0], perm[axis])
         return None
     if d == CORE and n.op == "concat":
         return _concat(cg, n, v, axis)
@@ -194,18 +186,166 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
         return None
     if d == "onnx" and n.op in ("Squeeze", "Unsqueeze"):
         return _squeeze(cg, n, v, axis)
-    if d == "onnx" and n.op == "Softmax" or d == "aten" and n.op in ("softmax", "_softmax", "log_softmax"):
-        rank = len(ins[0].shape)
-        sm = (n.attrs.get("axis", -1) if d == "onnx" else (n.attrs.get("args") or [None, -1])[1]) % rank
-        if axis == sm:
-            return "softmax over these channels"
-        cg._identity(v, axis, y if v is ins[0] else ins[0], axis)
-        return None
     if d == "onnx" and n.op == "Shape" or d == "aten" and n.op in ("sym_size", "size"):
         return "its width feeds a shape computation"
     if n.op in ("quantize_linear", "dequantize_linear", "QuantizeLinear", "DequantizeLinear"):
         return "already quantized"
     return f"{n.qualified_op} has no channel rule"
+
+
+_NOT_AXISWISE = "not axis-wise"
+_VIEWS = {CORE: {"reshape", "flatten"}, "aten": {"view", "_unsafe_view", "reshape", "flatten"}}
+
+
+def _comps(axis) -> tuple:
+    return axis if isinstance(axis, tuple) else (axis,)
+
+
+def _axiswise(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
+    """The rules that move axes around without mixing channels, for plain and multi-axis tracks:
+    elementwise ops and broadcasts, transposes, views, matmuls and attention."""
+    ins, outs, d = n.inputs, n.outputs, n.dialect
+    y = outs[0] if outs else None
+    comps = _comps(axis)
+    if n.op in _UNARY.get(d, ()):
+        if v is not ins[0] and v is not y:
+            return None  # Clip's bounds, a dtype argument
+        cg.project(v, axis, y if v is ins[0] else ins[0], list(comps))
+        return None
+    if n.op in _BINARY.get(d, ()):
+        ry = len(y.shape)
+        for u in [*ins, y]:
+            if u is None or u is v or u.shape is None:
+                continue
+            shift = (ry - len(u.shape)) - (ry - len(v.shape))  # right-aligned
+            cg.project(v, axis, u, [c - shift if c - shift >= 0 else None for c in comps])
+        return None
+    if d == CORE and n.op == "transpose" or d == "aten" and n.op in ("transpose", "permute", "t"):
+        rank = len(ins[0].shape)
+        if d == CORE:
+            perm = list(n.attrs.get("perm") or reversed(range(rank)))
+        else:
+            args = n.attrs.get("args") or []
+            if n.op == "permute":
+                perm = [a % rank for a in args[1]] if len(args) > 1 else None
+            else:
+                d0, d1 = (args[1], args[2]) if n.op == "transpose" and len(args) > 2 else (0, 1)
+                perm = list(range(rank))
+                if not (isinstance(d0, int) and isinstance(d1, int)):
+                    return "a transpose of computed axes"
+                perm[d0 % rank], perm[d1 % rank] = perm[d1 % rank], perm[d0 % rank]
+            if perm is None:
+                return "a permute of computed axes"
+        if v is ins[0]:
+            cg.project(v, axis, y, [perm.index(c) for c in comps])
+        else:
+            cg.project(v, axis, ins[0], [perm[c] for c in comps])
+        return None
+    if d == "onnx" and n.op == "Softmax" or d == "aten" and n.op in ("softmax", "_softmax", "log_softmax"):
+        rank = len(ins[0].shape)
+        sm = (n.attrs.get("axis", -1) if d == "onnx" else (n.attrs.get("args") or [None, -1])[1]) % rank
+        if sm in comps:
+            return "softmax over these channels"
+        cg.project(v, axis, y if v is ins[0] else ins[0], list(comps))
+        return None
+    if n.op in _VIEWS.get(d, ()) and (isinstance(axis, tuple) or d == "aten" and n.op != "flatten"):
+        if v is not ins[0] and v is not y:
+            return None
+        return _reshape(cg, n, v, axis)
+    if d == CORE and n.op == "matmul" and (isinstance(axis, tuple) or all(u.const is None for u in ins[:2])):
+        return _attention_matmul(cg, n, v, axis)
+    if d == "aten" and n.op == "scaled_dot_product_attention":
+        return _sdpa(cg, n, v, axis)
+    if d == "aten" and n.op in ("unsqueeze", "squeeze") and v in (ins[0], y):
+        args = n.attrs.get("args") or []
+        dim = args[1] if len(args) > 1 else None
+        if not isinstance(dim, int):
+            return "an unsqueeze of a computed axis"
+        big = y if n.op == "unsqueeze" else ins[0]  # the side with the unit axis
+        dim %= len(big.shape)
+        up = lambda c: c + 1 if c >= dim else c  # noqa: E731
+        down = lambda c: None if c == dim else (c - 1 if c > dim else c)  # noqa: E731
+        if (v is ins[0]) == (n.op == "unsqueeze"):  # from the side without the unit axis
+            cg.project(v, axis, y if v is ins[0] else ins[0], [up(c) for c in comps])
+        else:
+            cg.project(v, axis, y if v is ins[0] else ins[0], [down(c) for c in comps])
+        return None
+    if d == "aten" and n.op == "expand" and v in (ins[0], y):
+        args = n.attrs.get("args") or []
+        sizes = list(args[1]) if len(args) > 1 and isinstance(args[1], (list, tuple)) else None
+        if sizes is None:
+            return "an expand to computed sizes"
+        shift = len(y.shape) - len(ins[0].shape)
+        if v is ins[0]:
+            to = [c + shift for c in comps]
+            cg.project(v, axis, y, to)
+        else:
+            to = [c - shift if c - shift >= 0 else None for c in comps]
+            cg.project(v, axis, ins[0], to)
+        for c in (to if v is ins[0] else comps):  # the expand's size list spells the width there
+            if c is not None and isinstance(sizes[c], int) and sizes[c] != -1:
+                cg.shape_members[(y.name, c)].append((f"args:{n.name}", c, 1, 1))
+            elif c is not None and not isinstance(sizes[c], int):
+                return "an expand whose size there is computed"
+        return None
+    return _NOT_AXISWISE
+
+
+def _attention_matmul(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
+    """[..., M, K] x [..., K, N]: batch axes (heads) meet in all three; K links a and b; M links a
+    and y; N links b and y."""
+    a, b, y = n.inputs[0], n.inputs[1], n.outputs[0]
+    ra, rb, ry = len(a.shape), len(b.shape), len(y.shape)
+    if ra < 2 or rb < 2:
+        return "a matrix-vector product"
+    role = {}
+    for u, r in ((a, ra), (b, rb), (y, ry)):
+        for ax in range(r - 2):
+            role[(id(u), ax)] = ("batch", ax - r)  # right-aligned batch position
+    role[(id(a), ra - 2)], role[(id(a), ra - 1)] = ("M", 0), ("K", 0)
+    role[(id(b), rb - 2)], role[(id(b), rb - 1)] = ("K", 0), ("N", 0)
+    role[(id(y), ry - 2)], role[(id(y), ry - 1)] = ("M", 0), ("N", 0)
+
+    def where(u, r, kind):
+        name, pos = kind
+        if name == "batch":
+            return pos + r if pos + r >= 0 and pos + r < r - 2 else None
+        return {"M": r - 2 if u is not b else None, "K": (r - 1 if u is a else r - 2) if u is not y else None,
+                "N": r - 1 if u is not a else None}[name]
+
+    for u, r in ((a, ra), (b, rb), (y, ry)):
+        if u is v:
+            continue
+        cg.project(v, axis, u, [where(u, r, role[(id(v), c)]) for c in _comps(axis)])
+    return None
+
+
+def _sdpa(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
+    """scaled_dot_product_attention(q [B,H,L,E], k [B,H,S,E], v [B,H,S,Ev]) -> [B,H,L,Ev]: heads
+    meet in all four, E links q and k, S links k and v, Ev links v and the output. The default
+    scale is 1/sqrt(E): only whole heads go (every E of a head meets in one channel of the
+    output's head axis)."""
+    q, k, val = n.inputs[0], n.inputs[1], n.inputs[2]
+    y = n.outputs[0]
+    if v not in (q, k, val, y):
+        return "an attention mask's channels"
+    if any(u.shape is None or len(u.shape) != 4 for u in (q, k, val, y)):
+        return "attention over tensors that are not [B, H, T, E]"
+    if q.shape[1] != k.shape[1]:
+        return "grouped-query attention (query heads per key/value head) is not handled yet"
+    table = {id(q): {0: 0, 1: 1, 2: "L", 3: "E"}, id(k): {0: 0, 1: 1, 2: "S", 3: "E"},
+             id(val): {0: 0, 1: 1, 2: "S", 3: "Ev"}, id(y): {0: 0, 1: 1, 2: "L", 3: "Ev"}}
+    names = {id(q): {"L": 2, "E": 3}, id(k): {"S": 2, "E": 3}, id(val): {"S": 2, "Ev": 3}, id(y): {"L": 2, "Ev": 3}}
+    roles = [table[id(v)][c] for c in _comps(axis)]
+    for u in (q, k, val, y):
+        if u is v:
+            continue
+        cg.project(v, axis, u, [r if isinstance(r, int) else names[id(u)].get(r) for r in roles])
+    if len(n.inputs) > 3 and n.inputs[3] is not None and n.inputs[3].shape is not None and v is not n.inputs[3]:
+        m = n.inputs[3]
+        cg.project(v, axis, m, [(r - 4 + len(m.shape)) if r in (0, 1) and len(m.shape) == 4 else None
+                                for r in roles])
+    return None
 
 
 def _conv(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
@@ -287,22 +427,6 @@ def _dense(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
     return None
 
 
-def _broadcast(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
-    y = n.outputs[0]
-    ry = len(y.shape)
-    members = [u for u in n.inputs if u is not None and u.shape is not None] + [y]
-    pos = axis + ry - len(v.shape)  # right-aligned position in the output
-    if pos < 0:
-        return None
-    for u in members:
-        if u is v:
-            continue
-        ax = pos - (ry - len(u.shape))
-        if ax >= 0:
-            cg._identity(v, axis, u, ax)
-    return None
-
-
 def _concat(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
     y = n.outputs[0]
     cat = n.attrs["axis"] % len(y.shape)
@@ -357,7 +481,7 @@ def _split(cg: ChannelGraph, n: Node, v: Value, axis: int, split_axis: int) -> s
         if by_sizes:
             if sizes_v.const is None:
                 return "a split by computed sizes"
-            cg.shape_members[(o.name, ax)].append((sizes_v.name, j, 1))
+            cg.shape_members[(o.name, ax)].append((sizes_v.name, j, 1, 1))
         elif j:  # equal pieces: channel i of piece j with channel i of the first
             cg._link(x, ax, x, ax, ((off + i, i) for i in range(size))) if cg._track(x, ax) else None
         off += size
@@ -411,61 +535,105 @@ def _squeeze(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
     return None
 
 
-def _reshape(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
-    """Keep an axis (same size after the same leading product), or merge it with the axes after
-    it into one (channel c -> features c*inner .. c*inner+inner-1); splitting it is refused."""
+def _as_run(cg: ChannelGraph, u: Value) -> tuple | None:
+    shape = u.shape
+    if any(not isinstance(d, int) for d in shape):  # a symbolic batch or image size: as run
+        shape = cg.concrete(u) or shape
+    return tuple(shape) if all(isinstance(d, int) for d in shape) else None
+
+
+def _reshape(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
+    """A view keeps the channels' flat extent: the axes covering the same span of the flat index
+    on the other side carry them (an axis kept, split into heads, or heads merged back), or one
+    axis merges with the axes after it into one (channel c -> features c*inner .. c*inner+inner-1,
+    a flatten into a linear). Target literals spelling the width shrink with the group."""
     x, y = n.inputs[0], n.outputs[0]
-    sx, sy = x.shape, y.shape
-    if any(not isinstance(d, int) for d in (*sx, *sy)):  # a symbolic batch or image size: as run
-        sx, sy = cg.concrete(x) or sx, cg.concrete(y) or sy
-    common = 0  # leading dims both sides share (a symbolic batch): kept as they are
-    while common < min(len(sx), len(sy)) and sx[common] == sy[common] and common < axis:
-        common += 1
-    if axis < common:
-        cg._identity(v, axis, y if v is x else x, axis)
-        return None
-    if any(not isinstance(d, int) for d in (*sx[common:], *sy[common:])):
+    comps = _comps(axis)
+    if list(comps) != list(range(comps[0], comps[0] + len(comps))):
+        return "a view of channels on axes that are not next to each other"
+    sx, sy = _as_run(cg, x), _as_run(cg, y)
+    if sx is None or sy is None:
         return "reshape of a tensor without static shape"
     src, dst = (sx, sy) if v is x else (sy, sx)
-    src, dst, axis = src[common:], dst[common:], axis - common
-    lead = int(np.prod(src[:axis], dtype=np.int64))
-    # the destination axis that starts at the same flat offset
-    acc, b = 1, 0
-    while b < len(dst) and acc < lead:
-        acc *= dst[b]
-        b += 1
-    while b < len(dst) and dst[b] == 1 and src[axis] != 1:  # unit axes in between: [C] -> [1, C, 1, 1]
-        b += 1
-    if acc != lead or b >= len(dst):
+    c0, c1 = comps[0], comps[-1]
+    lead = int(np.prod(src[:c0], dtype=np.int64))
+    span = int(np.prod(src[c0:c1 + 1], dtype=np.int64))
+    acc, b0 = 1, 0
+    while b0 < len(dst) and acc < lead:
+        acc *= dst[b0]
+        b0 += 1
+    while b0 < len(dst) and dst[b0] == 1 and span != 1:  # unit axes in between: [C] -> [1, C, 1, 1]
+        b0 += 1
+    if acc != lead or b0 >= len(dst):
         return "reshape splits these channels into several axes"
-    if dst[b] == src[axis]:
-        if n.op == "reshape":
-            _shape_member(cg, n, common + (b if v is x else axis), 1, v, common + axis)
-        cg._identity(v, common + axis, y if v is x else x, common + b)
+    b1, covered = b0, 1
+    while b1 < len(dst) and covered < span:
+        covered *= dst[b1]
+        b1 += 1
+    other = y if v is x else x
+    if isinstance(axis, tuple):
+        if covered != span:
+            return "reshape mixes these channels with other axes"
+        target = tuple(range(b0, b1))
+        cg._identity(v, axis, other, target if len(target) > 1 else target[0])
         return None
-    # x's axis and everything after it become one axis of y (flatten into a linear)
-    if v is x and dst[b] == int(np.prod(src[axis:], dtype=np.int64)):
-        inner = dst[b] // src[axis]
-        if n.op == "reshape":
-            _shape_member(cg, n, common + b, inner, x, common + axis)
-        cg._link(x, common + axis, y, common + b, ((c, c * inner + r) for c in range(src[axis]) for r in range(inner)))
+    ypos = b0 if v is x else axis  # the target literal at y's axis counts y's channels there
+    if covered == span and b1 - b0 == 1:  # the axis kept
+        cg._identity(v, axis, other, b0)
+        _shape_member(cg, n, ypos, 1, y, ypos)
         return None
-    if v is y and src[axis] == int(np.prod(dst[b:], dtype=np.int64)) and src[axis] % dst[b] == 0:
-        inner = src[axis] // dst[b]
-        if n.op == "reshape":
-            _shape_member(cg, n, common + axis, inner, x, common + b)
-        cg._link(y, common + axis, x, common + b, ((c * inner + r, c) for c in range(dst[b]) for r in range(inner)))
+    # One axis and the next few as one axis on the other side: a flatten into a linear (channel c
+    # -> features c*inner .. c*inner + inner - 1), heads merged back ([B, T, H, dh] -> [B, T, D]),
+    # or split out ([B, T, D] -> [B, T, H, dh]: feature i -> head i // dh), key/value heads
+    # repeated for grouped-query attention ([B, Hk, r, S, dh] -> [B, Hk*r, S, dh]).
+    merged = _merged(src, axis, dst[b0])
+    if merged is not None:  # src's axis (and some after it) make dst's axis b0
+        inner = dst[b0] // src[axis]
+        cg._link(v, axis, other, b0, ((c, c * inner + r) for c in range(src[axis]) for r in range(inner)))
+        _shape_member(cg, n, ypos, 1, y, ypos)
+        return None
+    split = _merged(dst, b0, src[axis])
+    if split is not None:  # dst's axis b0 (and some after it) make src's axis
+        inner = src[axis] // dst[b0]
+        cg._link(v, axis, other, b0, ((c * inner + r, c) for c in range(dst[b0]) for r in range(inner)))
+        _shape_member(cg, n, ypos, 1, y, ypos)
         return None
     return "reshape splits these channels into several axes"
 
 
-def _shape_member(cg: ChannelGraph, n: Node, out_axis: int, inner: int, v: Value, axis: int) -> None:  # noqa: D401
-    """A reshape whose target spells the width at ``out_axis`` as a literal: a shape constant to
-    shrink with the group (-1 and 0 follow by themselves)."""
-    target = n.inputs[1]
-    values = _const_ints(target)
-    if values is None:
+def _merged(shape, axis: int, size: int) -> int | None:
+    """How many axes from ``axis`` on multiply to ``size`` (at least one more than the axis)."""
+    acc = 1
+    for k in range(axis, len(shape)):
+        acc *= shape[k]
+        if acc == size:
+            return k - axis + 1 if k > axis else None
+        if acc > size:
+            return None
+    return None
+
+
+def _shape_member(cg: ChannelGraph, n: Node, out_axis: int, inner: int, v: Value, axis, den: int = 1) -> None:
+    """A view whose target spells the width at ``out_axis`` as a literal (a shape constant, or a
+    torch view's size list): it shrinks with the group by inner / den per channel (-1 and 0
+    follow by themselves; a symbolic size is the batch's, never a channel axis)."""
+    if n.dialect == "aten":
+        if n.op == "flatten":
+            return
+        args = n.attrs.get("args") or []
+        values = list(args[1]) if len(args) > 1 and isinstance(args[1], (list, tuple)) else None
+        target = f"args:{n.name}"
+    else:
+        if n.op != "reshape":
+            return
+        values = _const_ints(n.inputs[1])
+        target = n.inputs[1].name
+    if values is None or out_axis >= len(values):
         cg._block(v, axis, f"{n.label()}: the reshape target is computed", "shape")
         return
-    if out_axis < len(values) and values[out_axis] not in (-1, 0):
-        cg.shape_members[(v.name, axis % len(v.shape))].append((target.name, out_axis, inner))
+    literal = values[out_axis]
+    if not isinstance(literal, int):
+        cg._block(v, axis, f"{n.label()}: the size at {out_axis} is computed", "shape")
+        return
+    if literal not in (-1, 0):
+        cg.shape_members[(v.name, cg._norm(v, axis))].append((target, out_axis, inner, den))

@@ -22,6 +22,7 @@ import dataclasses
 from collections import defaultdict
 
 import networkx as nx
+import numpy as np
 
 from refold.ir.graph import Model, Node, Value
 from refold.passes.analysis.channel_rules import couple, seed_axis
@@ -82,6 +83,7 @@ class ChannelGraph:
             for o in n.outputs:
                 self._values[o.name] = o
         self._queue: list[tuple[Value, int]] = []
+        self._tracks_of: dict[str, list] = defaultdict(list)
         self._concrete: dict[str, tuple] | None = None
         for n in self.graph:
             seed = seed_axis(n)
@@ -93,32 +95,71 @@ class ChannelGraph:
         self.groups = self._groups()
 
     # -- building ------------------------------------------------------------------------------
-    def _track(self, v: Value | None, axis: int) -> bool:
+    # A tracked axis is an int, or a tuple of axes whose channels are one flat index (row-major in
+    # the tuple's order): the hidden size split into (heads, head_dim) is (2, 3) of [B, T, H, dh].
+    @staticmethod
+    def _norm(v: Value, axis) -> int | tuple | None:
+        rank = len(v.shape) if v.shape is not None else None
+        if rank is None:
+            return None
+        axes = axis if isinstance(axis, tuple) else (axis,)
+        if any(not -rank <= a < rank for a in axes):
+            return None
+        axes = tuple(a % rank for a in axes)
+        return axes[0] if len(axes) == 1 else axes
+
+    def dims(self, v: Value, axis) -> list[int] | None:
+        """The sizes of the components of a tracked axis (symbolic ones as run), or None."""
+        out = []
+        for a in (axis if isinstance(axis, tuple) else (axis,)):
+            size = v.shape[a]
+            if not isinstance(size, int) and a > 0:  # a symbolic size a flatten made: as run
+                size = (self.concrete(v) or (None,) * len(v.shape))[a]
+            if not isinstance(size, int) or size < 0:
+                return None
+            out.append(size)
+        return out
+
+    def _track(self, v: Value | None, axis) -> bool:
         if v is None:
             return False
-        rank = len(v.shape) if v.shape is not None else None
-        if rank is None or not -rank <= axis < rank:
+        axis = self._norm(v, axis)
+        if axis is None:
             return False
-        axis %= rank
         key = (v.name, axis)
         if key in self.sizes:
-            return True
-        size = v.shape[axis]
-        if not isinstance(size, int) and axis > 0:  # a symbolic size a flatten made: as run
-            size = (self.concrete(v) or (None,) * rank)[axis]
-        if not isinstance(size, int) or size < 0:
+            return bool(self.sizes[key])
+        dims = self.dims(v, axis)
+        if dims is None:
             self.sizes[key] = 0
             self.blocked[key] = Reason(f"'{v.name}' axis {axis} has no static size", "unknown-size")
             return False
-        self.sizes[key] = size
-        self.g.add_nodes_from((v.name, axis, i) for i in range(size))
+        self.sizes[key] = int(np.prod(dims, dtype=np.int64))
+        self.g.add_nodes_from((v.name, axis, i) for i in range(self.sizes[key]))
+        for other in self._tracks_of[v.name]:
+            self._overlap(v, axis, other)
+        self._tracks_of[v.name].append(axis)
         self._queue.append((v, axis))
         return True
 
-    def _block(self, v: Value, axis: int, why: str, code: str) -> None:
-        self.blocked.setdefault((v.name, axis % len(v.shape)), Reason(why, code))
+    def _overlap(self, v: Value, a, b) -> None:
+        """Two tracks of one tensor sharing an axis: elements that agree on it are one channel
+        (head h of [B, H, T, dh] tracked as (1,) and as (1, 3))."""
+        ca, cb = (a if isinstance(a, tuple) else (a,)), (b if isinstance(b, tuple) else (b,))
+        shared = [c for c in ca if c in cb]
+        if not shared:
+            return
+        da, db = self.dims(v, a), self.dims(v, b)
+        for src, dst, cs, cd, ds, dd in ((a, b, ca, cb, da, db), (b, a, cb, ca, db, da)):
+            idx = np.unravel_index(np.arange(int(np.prod(ds))), ds)
+            target = [idx[cs.index(c)] if c in cs else np.zeros_like(idx[0]) for c in cd]
+            flat = np.ravel_multi_index(target, dd)
+            self.g.add_edges_from(((v.name, src, int(i)), (v.name, dst, int(j))) for i, j in enumerate(flat))
 
-    def _link(self, a: Value, axis_a: int, b: Value | None, axis_b: int, pairs) -> None:
+    def _block(self, v: Value, axis, why: str, code: str) -> None:
+        self.blocked.setdefault((v.name, self._norm(v, axis)), Reason(why, code))
+
+    def _link(self, a: Value, axis_a, b: Value | None, axis_b, pairs) -> None:
         """Couple channel i of (a, axis_a) with channel j of (b, axis_b) for each (i, j)."""
         if b is None:
             return
@@ -126,27 +167,54 @@ class ChannelGraph:
             self._block(a, axis_a, f"coupled with axis {axis_b} of '{b.name}', which has no known size",
                         "unknown-size")
             return
-        axis_a %= len(a.shape)
-        axis_b %= len(b.shape)
+        axis_a, axis_b = self._norm(a, axis_a), self._norm(b, axis_b)
         self.g.add_edges_from(((a.name, axis_a, int(i)), (b.name, axis_b, int(j))) for i, j in pairs)
 
-    def _identity(self, a: Value, axis_a: int, b: Value | None, axis_b: int) -> None:
-        if b is None or b.shape is None:
+    def _identity(self, a: Value, axis_a, b: Value | None, axis_b) -> None:
+        if b is None or b.shape is None or self._norm(b, axis_b) is None:
             return
-        n = self.sizes.get((a.name, axis_a % len(a.shape)))
+        n = self.sizes.get((a.name, self._norm(a, axis_a)))
         if not n:
             return
-        size = b.shape[axis_b % len(b.shape)]
-        if not isinstance(size, int) and axis_b % len(b.shape) > 0:
-            size = (self.concrete(b) or (None,) * len(b.shape))[axis_b % len(b.shape)]
-        if not isinstance(size, int):
+        dims = self.dims(b, self._norm(b, axis_b))
+        if dims is None:
             self._block(a, axis_a, f"meets axis {axis_b} of '{b.name}', of unknown size", "unknown-size")
             return
-        if size != n:
+        if int(np.prod(dims)) != n:
             return  # broadcast (size 1) or a mismatch: not coupled
         self._link(a, axis_a, b, axis_b, ((i, i) for i in range(n)))
 
-    def _expand(self, v: Value, axis: int) -> None:
+    def project(self, a: Value, axis_a, b: Value | None, to: list) -> None:
+        """Link (a, axis_a) to ``b`` component by component: ``to[k]`` is the axis of b that
+        component k of a's axis lands on, or None where b has no such axis (a matmul's contracted
+        dim seen from its output) or broadcasts it (size 1): elements differing only there meet
+        in one channel of b."""
+        if b is None or b.shape is None:
+            return
+        da = self.dims(a, axis_a)
+        if da is None:
+            return
+        keep = []
+        for k, ax in enumerate(to):
+            if ax is None:
+                continue
+            if not -len(b.shape) <= ax < len(b.shape):
+                continue
+            size = (self.dims(b, ax % len(b.shape)) or [None])[0]
+            if size == 1 and da[k] != 1:
+                continue  # broadcast
+            if size != da[k]:
+                self._block(a, axis_a, f"meets axis {ax} of '{b.name}' with another size", "size-mismatch")
+                return
+            keep.append((k, ax % len(b.shape)))
+        if not keep:
+            return
+        idx = np.unravel_index(np.arange(int(np.prod(da))), da)
+        db = [da[k] for k, _ in keep]
+        flat = np.ravel_multi_index([idx[k] for k, _ in keep], db)
+        self._link(a, axis_a, b, tuple(ax for _, ax in keep), enumerate(flat.tolist()))
+
+    def _expand(self, v: Value, axis) -> None:
         if self.graph.is_output(v):
             self._block(v, axis, f"'{v.name}' is a graph output", "graph-output")
         if v.kind == "input" and v.const is None:
@@ -157,11 +225,14 @@ class ChannelGraph:
         for n, _ in list(v.uses()):
             self._rule(n, v, axis)
 
-    def _rule(self, n: Node, v: Value, axis: int) -> None:
-        if any(u is not None and u.shape is None for u in (*n.inputs, *n.outputs)):
+    def _rule(self, n: Node, v: Value, axis) -> None:
+        if n.op == "_assert_tensor_metadata":  # checks dtype / device, not sizes (those would refuse)
+            kw = n.attrs.get("kwargs") or {}
+            why = "asserts the tensor's size" if kw.get("size") is not None else None
+        elif any(u is not None and u.shape is None and not _symbolic_scalar(u) for u in (*n.inputs, *n.outputs)):
             why = "a tensor of it has no known shape"
         else:
-            why = couple(self, n, v, axis % len(v.shape))
+            why = couple(self, n, v, self._norm(v, axis))
         if why is not None:
             self._block(v, axis, f"{n.label()}: {why}", "no-rule")
 
@@ -192,10 +263,10 @@ class ChannelGraph:
     def _groups(self) -> list[Group]:
         by_key: dict[tuple, list[set]] = defaultdict(list)
         for comp in nx.connected_components(self.g):
-            key = tuple(sorted({(name, axis) for name, axis, _ in comp}))
+            key = tuple(sorted({(name, axis) for name, axis, _ in comp}, key=_track_order))
             by_key[key].append(comp)
         groups = []
-        for key, comps in sorted(by_key.items()):
+        for key, comps in sorted(by_key.items(), key=lambda kv: [_track_order(t) for t in kv[0]]):
             comps.sort(key=lambda c: min(i for _, _, i in c))
             params, acts = {}, []
             for name, axis in key:
@@ -213,10 +284,25 @@ class ChannelGraph:
                 why = Reason("no weights to slice", "no-weights")
             shapes, seen = [], set()
             for k in key:
-                for target, pos, inner in self.shape_members.get(k, ()):
-                    if (target, pos) not in seen:  # a reshape records its target from both sides
-                        seen.add((target, pos))
-                        shapes.append((target, pos, [inner * sum(1 for n2, a2, _ in c if (n2, a2) == k)
-                                                     for c in comps]))
+                for target, pos, inner, den in self.shape_members.get(k, ()):
+                    if (target, pos) in seen:  # a reshape records its target from both sides
+                        continue
+                    seen.add((target, pos))
+                    per_unit = [inner * sum(1 for n2, a2, _ in c if (n2, a2) == k) for c in comps]
+                    if any(x % den for x in per_unit) and why is None:
+                        why = Reason("would remove part of a head (a split axis keeps its size only "
+                                     "when whole rows of it go)", "partial-head")
+                    shapes.append((target, pos, [x // den for x in per_unit]))
             groups.append(Group(len(groups), len(comps), params, acts, sources, shapes, why))
         return groups
+
+
+def _track_order(track: tuple) -> tuple:
+    """Deterministic order of (name, axis) tracks, an axis an int or a tuple of ints."""
+    name, axis = track
+    return (name, axis if isinstance(axis, tuple) else (axis,))
+
+
+def _symbolic_scalar(v: Value) -> bool:
+    """A size torch.export computes at run time (``sym_size``): an argument, not a tensor."""
+    return v.producer is not None and v.producer.op in ("sym_size", "sym_numel", "sym_stride")
