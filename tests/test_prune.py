@@ -312,8 +312,11 @@ def test_attention_heads_and_grouped_query_attention_prune_whole(name, heads):
     stream = next(g for g in groups if not g.prunable and g.why_not.code == "no-rule" and g.units == 32)
     assert "normalises" in str(stream.why_not) or "embedding" in str(stream.why_not)
     assert _oracle(lambda: load(module, inputs), inputs, max_groups=4) == 4
+    assert all(g.heads for g in attn) and not any(g.heads for g in groups if g not in attn)
     gm, report = refold.optimize(module, inputs, passes=[Prune(ratio=0.5)])
     st = report.record("prune").stats
-    assert st["pruned_groups"] == 4 and st["macs_after"] < 0.75 * st["macs_before"]
+    assert st["pruned_groups"] == 4 and st["heads_removed"] == 2 and st["macs_after"] < 0.75 * st["macs_before"]
     with torch.no_grad():
         assert gm(*inputs).shape == module(*inputs).shape
+    _, report = refold.optimize(module, inputs, passes=[Prune(ratio=0.5, heads=False)])
+    assert report.record("prune").stats["heads_removed"] == 0 and report.record("prune").stats["pruned_groups"] == 2

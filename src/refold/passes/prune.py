@@ -44,6 +44,8 @@ class Prune(Pass):
         Option("round_to", int, 1, "keep a multiple of this many channels per group (8 for fast kernels)"),
         Option("keep_min", int, 1, "keep at least this many channels per group"),
         Option("exclude", str, "", "node names whose output channels stay, separated by '+'"),
+        Option("heads", bool, True, "prune attention heads (whole heads across q, k, v and the output "
+               "projection; whole key/value groups under grouped-query attention)"),
     )
 
     def __init__(self, *args, data=None, **kwargs):
@@ -74,6 +76,8 @@ class Prune(Pass):
                 skipped[label] = g.why_not
             elif excluded & set(g.sources):
                 skipped[label] = Reason("excluded by the user", "excluded")
+            elif g.heads and not self.heads:
+                skipped[label] = Reason("attention heads (heads=false)", "excluded")
             else:
                 candidates.append((g, importance(model, g, self.importance, grads)))
         plan = self._plan(candidates)
@@ -82,6 +86,7 @@ class Prune(Pass):
         if removed:
             remove_units(model, {g.index: g for g, _ in plan}, removed)
         stats = {"groups": len(cg.groups), "prunable": len(candidates), "pruned_groups": len(removed),
+                 "heads_removed": int(sum(len(u) for g, u in plan if g.heads)),
                  "channels_removed": int(sum(len(u) for u in removed.values())),
                  "channels": int(sum(g.units for g, _ in candidates)),
                  "params_before": params_before, "params_after": _param_count(model),

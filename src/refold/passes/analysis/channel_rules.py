@@ -136,7 +136,7 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
         if d == "onnx":
             pads = n.attrs.get("pads") or _const_ints(ins[1] if len(ins) > 1 else None)
             if pads is None or len(ins) > 3 and ins[3] is not None:
-                return "a pad with computed amounts or axes"
+                return "a pad with computed amounts or axes (fold-constants first may settle them)"
             padded = {a for a in range(rank) if pads[a] or pads[a + rank]}
         else:
             args = n.attrs.get("args") or []
@@ -313,6 +313,7 @@ def _attention_matmul(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
         return {"M": r - 2 if u is not b else None, "K": (r - 1 if u is a else r - 2) if u is not y else None,
                 "N": r - 1 if u is not a else None}[name]
 
+    cg.attention.add((v.name, axis))
     for u, r in ((a, ra), (b, rb), (y, ry)):
         if u is v:
             continue
@@ -337,6 +338,7 @@ def _sdpa(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
              id(val): {0: 0, 1: 1, 2: "S", 3: "Ev"}, id(y): {0: 0, 1: 1, 2: "L", 3: "Ev"}}
     names = {id(q): {"L": 2, "E": 3}, id(k): {"S": 2, "E": 3}, id(val): {"S": 2, "Ev": 3}, id(y): {"L": 2, "Ev": 3}}
     roles = [table[id(v)][c] for c in _comps(axis)]
+    cg.attention.add((v.name, axis))
     for u in (q, k, val, y):
         if u is v:
             continue
@@ -629,7 +631,8 @@ def _shape_member(cg: ChannelGraph, n: Node, out_axis: int, inner: int, v: Value
         values = _const_ints(n.inputs[1])
         target = n.inputs[1].name
     if values is None or out_axis >= len(values):
-        cg._block(v, axis, f"{n.label()}: the reshape target is computed", "shape")
+        cg._block(v, axis, f"{n.label()}: the reshape target is computed (fold-constants first may settle it)",
+                  "shape")
         return
     literal = values[out_axis]
     if not isinstance(literal, int):

@@ -43,6 +43,7 @@ class Group:
     sources: list[str]
     shapes: list[tuple[str, int, list[int]]]
     why_not: Reason | None = None
+    heads: bool = False  # its channels pass through attention: each unit is a head (or a KV group)
 
     @property
     def prunable(self) -> bool:
@@ -52,10 +53,10 @@ class Group:
         return {"index": self.index, "channels": self.units, "sources": self.sources,
                 "params": [[k, a] for k, a in self.params], "prunable": self.prunable,
                 "why_not": None if self.why_not is None else str(self.why_not),
-                "why_not_code": None if self.why_not is None else self.why_not.code}
+                "why_not_code": None if self.why_not is None else self.why_not.code, "heads": self.heads}
 
     def describe(self) -> str:
-        state = "prunable" if self.prunable else f"not prunable: {self.why_not}"
+        state = ("prunable" if self.prunable else f"not prunable: {self.why_not}") + ("; attention heads" if self.heads else "")
         members = ", ".join(f"{k}[axis {a}]" for k, a in self.params)
         return f"group {self.index}: {self.units} channels of {', '.join(self.sources) or '?'}; {members}; {state}"
 
@@ -84,6 +85,7 @@ class ChannelGraph:
                 self._values[o.name] = o
         self._queue: list[tuple[Value, int]] = []
         self._tracks_of: dict[str, list] = defaultdict(list)
+        self.attention: set = set()  # tracks that pass through attention (a group of them is heads)
         self._concrete: dict[str, tuple] | None = None
         for n in self.graph:
             seed = seed_axis(n)
@@ -293,7 +295,8 @@ class ChannelGraph:
                         why = Reason("would remove part of a head (a split axis keeps its size only "
                                      "when whole rows of it go)", "partial-head")
                     shapes.append((target, pos, [x // den for x in per_unit]))
-            groups.append(Group(len(groups), len(comps), params, acts, sources, shapes, why))
+            groups.append(Group(len(groups), len(comps), params, acts, sources, shapes, why,
+                                heads=any(k in self.attention for k in key)))
         return groups
 
 
