@@ -160,7 +160,7 @@ def test_ppocr_onnx_groups_are_zero_invariant(name):
 def test_transformers_cnns_prune_and_train(name):
     model, inputs = zoo.tiny_hf_model(name)
     module = zoo.last_hidden(model).eval()
-    assert _oracle(lambda: load(module, inputs), inputs, max_groups=6) >= 3
+    assert _oracle(lambda: load(module, inputs), inputs, max_groups=3) == 3
     gm, report = refold.optimize(module, inputs, passes=[Prune(ratio=0.5)])
     st = report.record("prune").stats
     assert st["pruned_groups"] >= 3 and st["params_after"] < 0.7 * st["params_before"]
