@@ -320,3 +320,26 @@ def test_attention_heads_and_grouped_query_attention_prune_whole(name, heads):
         assert gm(*inputs).shape == module(*inputs).shape
     _, report = refold.optimize(module, inputs, passes=[Prune(ratio=0.5, heads=False)])
     assert report.record("prune").stats["heads_removed"] == 0 and report.record("prune").stats["pruned_groups"] == 2
+
+
+def test_one_key_value_head_keeps_it_and_prunes_query_heads():
+    # LLM-Pruner#64: with one KV head, pruning attention was a silent no-op. Here the query heads
+    # are the units (each reads the one repeated KV head): they go, the KV head stays, the
+    # repeat count shrinks with them, and the oracle holds.
+    import transformers as tf
+
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=4, num_key_value_heads=1,
+                         intermediate_size=64, vocab_size=99)
+    cfg._attn_implementation = "eager"
+    module = zoo.last_hidden(tf.LlamaModel(cfg).eval())
+    ids = (torch.randint(0, 99, (1, 8)),)
+    groups = ChannelGraph(_prepared(lambda: load(module, ids))).groups
+    heads = next(g for g in groups if g.heads and g.prunable)
+    names = {name for name, _ in heads.params}
+    assert heads.units == 4 and not any("k_proj" in k or "v_proj" in k for k in names)
+    assert _oracle(lambda: load(module, ids), ids) == 2
+    gm, report = refold.optimize(module, ids, passes=[Prune(ratio=0.5)])
+    assert report.record("prune").stats["heads_removed"] == 2
+    with torch.no_grad():
+        assert gm(*ids).shape == module(*ids).shape

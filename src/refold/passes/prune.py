@@ -78,6 +78,9 @@ class Prune(Pass):
                 skipped[label] = Reason("excluded by the user", "excluded")
             elif g.heads and not self.heads:
                 skipped[label] = Reason("attention heads (heads=false)", "excluded")
+            elif g.units == 1:  # LLM-Pruner#64: one key/value head made pruning a silent no-op
+                skipped[label] = Reason("a single unit (one KV head, one channel): removing it would remove "
+                                        "the layer", "single-unit")
             else:
                 candidates.append((g, importance(model, g, self.importance, grads)))
         plan = self._plan(candidates)
