@@ -343,3 +343,28 @@ def test_one_key_value_head_keeps_it_and_prunes_query_heads():
     assert report.record("prune").stats["heads_removed"] == 2
     with torch.no_grad():
         assert gm(*ids).shape == module(*ids).shape
+
+
+def test_gpt2_with_tied_embeddings_keeps_the_table_and_prunes_heads():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    lm = tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=99, n_positions=64)).eval()
+
+    class Logits(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = lm
+
+        def forward(self, ids):
+            return self.m(ids, use_cache=False).logits
+
+    module, ids = Logits().eval(), (torch.randint(0, 99, (1, 8)),)
+    assert lm.lm_head.weight is lm.transformer.wte.weight  # tied
+    gm, report = refold.optimize(module, ids, passes=[Prune(ratio=0.5)])
+    st = report.record("prune").stats
+    assert st["heads_removed"] == 1 and st["pruned_groups"] == 2  # one head of two, half the MLP
+    shapes = {tuple(p.shape) for p in gm.parameters()}
+    assert (99, 32) in shapes  # the tied table: left whole (its width is the normalised residual stream)
+    with torch.no_grad():
+        assert gm(*ids).shape == (1, 8, 99)
