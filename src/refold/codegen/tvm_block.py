@@ -1,0 +1,174 @@
+"""One fused block -> one TVM kernel.
+
+The block's core ops are written as one Relax function marked ``Primitive`` and called from
+``main``; ``LegalizeOps`` + ``FuseTIR`` then leave exactly one TIR PrimFunc in destination-passing
+style ``(inputs..., out)`` (../shared/TVM_NOTES.md), built for the target and called with torch
+tensors (DLPack, no copy). Symbolic batch / sequence / H / W dims stay symbolic: one kernel serves
+every size.
+
+    relu(conv(x, W, b))  ->  PrimFunc conv_bias_act_0(x, W, b, out)
+
+>>> kernel = build_block(block, target="llvm")   # doctest: +SKIP
+>>> y = kernel(x, w, b)                          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from refold.errors import UnsupportedError
+from refold.ir.graph import CORE, Node
+from refold.lowering.partition import Block
+
+TVM_HINT = "TVM is not installed: pip install 'refold[tvm]'"
+
+
+def require_tvm():
+    """``tvm``, or one clear error naming the extra to install."""
+    try:
+        import tvm
+    except ImportError:
+        raise UnsupportedError(TVM_HINT) from None
+    return tvm
+
+
+class Kernel:
+    """A built block: call it with the block's inputs (torch tensors, in ``block.inputs``
+    order); it returns the block's output."""
+
+    def __init__(self, block: Block, func, out_shape, out_dtype: str, dims: dict[str, Any], source: str):
+        self.block = block
+        self.func = func
+        self.out_shape = out_shape
+        self.out_dtype = out_dtype
+        self.dims = dims  # symbolic dim name -> (input index, axis) that sets it
+        self.source = source
+
+    def __call__(self, *args):
+        import torch
+
+        args = [a.contiguous() for a in args]  # kernels take compact arrays
+        sizes = {name: args[i].shape[ax] for name, (i, ax) in self.dims.items()}
+        shape = [d if isinstance(d, int) else sizes[d] for d in self.out_shape]
+        out = torch.empty(shape, dtype=getattr(torch, self.out_dtype), device=args[0].device)
+        self.func(*args, out)
+        return out
+
+
+def build_block(block: Block, target: str = "llvm") -> Kernel:
+    """Build ``block`` into one kernel for ``target`` (``llvm``; ``cuda`` emits CUDA source)."""
+    tvm = require_tvm()
+    from tvm import relax, tirx
+
+    if len(block.outputs) != 1:
+        raise UnsupportedError(f"block {block.name}: {len(block.outputs)} outputs (one kernel writes one)")
+    syms: dict[str, Any] = {}
+    dims: dict[str, tuple[int, int]] = {}
+    params, names, infos = [], [], []
+    env: dict[int, Any] = {}
+    for i, v in enumerate(block.inputs):
+        shape = []
+        for ax, d in enumerate(v.shape or ()):
+            if isinstance(d, int):
+                shape.append(d)
+            else:
+                if d not in syms:
+                    syms[d] = tirx.Var(_ident(d), "int64")
+                    dims[d] = (i, ax)
+                shape.append(syms[d])
+        if v.shape is None or v.dtype is None:
+            raise UnsupportedError(f"block {block.name}: input '{v.name}' has no known type")
+        info = relax.TensorType(shape, v.dtype.numpy().name)
+        var = relax.Var(_ident(v.name), info)
+        params.append(var)
+        names.append(_ident(v.name))
+        infos.append(info)
+        env[id(v)] = var
+    bb = relax.BlockBuilder()
+    with bb.function(block.name, params, attrs={"Primitive": True}):
+        with bb.dataflow():
+            for n in block.nodes:
+                out = _emit(bb, relax, n, [env.get(id(u)) if u is not None else None for u in n.inputs])
+                env[id(n.outputs[0])] = bb.emit(out)
+            result = bb.emit_output(env[id(block.outputs[0])])
+        bb.emit_func_output(result)
+    mod = bb.get()
+    gv = mod.get_global_var(block.name)
+    outer = relax.BlockBuilder(mod)
+    args = [relax.Var(name, info) for name, info in zip(names, infos)]
+    with outer.function("main", args):
+        outer.emit_func_output(outer.emit(relax.Call(gv, args)))
+    mod = relax.transform.FuseTIR()(relax.transform.LegalizeOps()(outer.get()))
+    prims = [g.name_hint for g, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)]
+    if len(prims) != 1:
+        raise UnsupportedError(f"block {block.name}: {len(prims)} kernels, not one ({', '.join(prims)})")
+    tgt = tvm.target.Target({"kind": target} if target == "llvm" else
+                            {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152,
+                             "max_threads_per_block": 1024, "thread_warp_size": 32})
+    lib = tvm.compile(mod, target=tgt)
+    func = lib.mod.imports[0][prims[0]]
+    out = block.outputs[0]
+    out_shape = [d if isinstance(d, int) else _expr(syms, d) for d in out.shape]
+    source = lib.mod.imports[0].inspect_source() if target != "llvm" else ""
+    return Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source)
+
+
+def _expr(syms: dict[str, Any], dim: str):
+    """An output dim: an input's symbolic dim, or unknown (an UnsupportedError)."""
+    if dim in syms:
+        return dim
+    raise UnsupportedError(f"output dim '{dim}' is none of the inputs' dims")
+
+
+def _ident(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name) or "v"
+
+
+def _emit(bb, relax, n: Node, ins: list):
+    """One core op as Relax (an op outside the table is an UnsupportedError: the block falls
+    back to torch)."""
+    R = relax.op
+    a = n.attrs
+    if n.domain != CORE:
+        raise UnsupportedError(f"{n.label()}: {n.qualified_op} has no TVM lowering")
+    if n.op == "conv":
+        w = n.inputs[1]
+        k = len(w.shape) - 2
+        if k != 2:
+            raise UnsupportedError(f"{n.label()}: {k}-d convolution has no TVM lowering here")
+        pads = list(a.get("pads") or [0] * 4)
+        y = R.nn.conv2d(ins[0], ins[1], strides=a.get("strides") or [1, 1], padding=[pads[0], pads[1], pads[2], pads[3]],
+                        dilation=a.get("dilations") or [1, 1], groups=a.get("group", 1))
+        if len(ins) > 2 and ins[2] is not None:
+            y = R.add(y, R.reshape(ins[2], (1, -1, 1, 1)))
+        return y
+    if n.op == "linear":
+        y = R.matmul(ins[0], R.permute_dims(ins[1]))
+        return R.add(y, ins[2]) if len(ins) > 2 and ins[2] is not None else y
+    if n.op == "gemm":
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            raise UnsupportedError(f"{n.label()}: gemm with transA / alpha / beta has no TVM lowering here")
+        y = R.matmul(ins[0], R.permute_dims(ins[1]) if a.get("transB", 0) else ins[1])
+        return R.add(y, ins[2]) if len(ins) > 2 and ins[2] is not None else y
+    if n.op == "matmul":
+        return R.matmul(ins[0], ins[1])
+    binary = {"add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide}
+    if n.op in binary:
+        return binary[n.op](ins[0], ins[1])
+    unary = {"relu": R.nn.relu, "sigmoid": R.sigmoid, "tanh": R.tanh, "sqrt": R.sqrt, "silu": R.nn.silu}
+    if n.op in unary:
+        return unary[n.op](ins[0])
+    if n.op == "gelu":
+        return R.nn.gelu_tanh(ins[0]) if a.get("approximate") == "tanh" else R.nn.gelu(ins[0])
+    if n.op == "hardswish":  # x * clip(x + 3, 0, 6) / 6
+        x = ins[0]
+        return R.divide(R.multiply(x, R.clip(R.add(x, relax.const(3.0, "float32")), 0, 6)), relax.const(6.0, "float32"))
+    if n.op in ("layer_norm", "rms_norm"):
+        rank = len(n.inputs[0].shape)
+        axes = list(range(a.get("axis", -1) % rank, rank))
+        eps = float(a.get("epsilon", 1e-5))
+        if n.op == "rms_norm":
+            return R.nn.rms_norm(ins[0], ins[1], axes=axes, epsilon=eps)
+        beta = ins[2] if len(ins) > 2 and ins[2] is not None else relax.const(0.0, "float32")
+        return R.nn.layer_norm(ins[0], ins[1], beta, axes=axes, epsilon=eps)
+    raise UnsupportedError(f"{n.label()}: core.{n.op} has no TVM lowering yet")
+
