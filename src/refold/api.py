@@ -160,3 +160,48 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
     from refold.frontends.torch.exporter import to_graph_module  # the torch frontend
 
     return to_graph_module(ir), report
+
+
+class CompiledModel:
+    """``refold.compile``'s result: call it with torch tensors (inputs in order); ``kernels`` is
+    how many fused blocks run as TVM kernels, ``fallbacks`` which blocks run op by op and why."""
+
+    def __init__(self, runner, output_names: list[str]):
+        self.runner = runner
+        self.output_names = output_names
+
+    @property
+    def kernels(self) -> int:
+        return self.runner.kernels
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        return self.runner.fallbacks
+
+    def __call__(self, *args):
+        out = self.runner.run(args if len(args) != 1 else args[0])
+        values = [out[k] for k in self.output_names]
+        return values[0] if len(values) == 1 else tuple(values)
+
+
+def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cache: bool = True,
+            sabotage: str | None = None) -> CompiledModel:
+    """A torch module or ONNX file as a callable that runs each fused block (conv+bias+act,
+    linear+act, norms, elementwise chains; BatchNorm folded first) as one TVM kernel and the
+    rest with torch. Kernels are cached on disk (``REFOLD_KERNEL_CACHE``).
+
+    >>> fast = refold.compile("model.onnx")          # doctest: +SKIP
+    >>> y = fast(torch.randn(1, 3, 224, 224))        # doctest: +SKIP
+    """
+    from refold.codegen import require_tvm
+    from refold.passes import FuseConvBN
+    from refold.runtime.shapes import infer_shapes
+    from refold.runtime.tvm_runner import TvmRunner
+
+    require_tvm()
+    m = load(model, example_inputs)
+    PassManager([FuseConvBN(mode="deploy")], check=False).run(m)
+    if m.source == "onnx":
+        infer_shapes(m, probe=True)
+    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage)
+    return CompiledModel(runner, [v.name for v in m.graph.outputs])

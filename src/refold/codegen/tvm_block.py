@@ -35,20 +35,44 @@ class Kernel:
     """A built block: call it with the block's inputs (torch tensors, in ``block.inputs``
     order); it returns the block's output."""
 
-    def __init__(self, block: Block, func, out_shape, out_dtype: str, dims: dict[str, Any], source: str):
+    def __init__(self, block: Block, func, out_shape, out_dtype: str, dims: dict[str, Any], source: str,
+                 module=None, func_name: str = ""):
         self.block = block
         self.func = func
+        self.module = module  # the built library (what the cache exports)
+        self.func_name = func_name
         self.out_shape = out_shape
         self.out_dtype = out_dtype
         self.dims = dims  # symbolic dim name -> (input index, axis) that sets it
         self.source = source
+        self._shapes: dict[tuple, list[int]] = {}
+
+    def _shape_of(self, shapes: list[tuple]) -> list[int]:
+        """The output shape for these input shapes: the block's core ops run on meta tensors."""
+        key = tuple(shapes)
+        if key not in self._shapes:
+            import torch
+
+            from refold.ir.ops import evaluate
+
+            env = {}
+            for v, s in zip(self.block.inputs, shapes):
+                env[id(v)] = v.const.torch() if v.const is not None else torch.empty(s, device="meta")
+            for n in self.block.nodes:
+                env[id(n.outputs[0])] = evaluate(n.op, [env.get(id(u)) if u is not None else None
+                                                        for u in n.inputs], n.attrs)[0]
+            self._shapes[key] = list(env[id(self.block.outputs[0])].shape)
+        return self._shapes[key]
 
     def __call__(self, *args):
         import torch
 
         args = [a.contiguous() for a in args]  # kernels take compact arrays
         sizes = {name: args[i].shape[ax] for name, (i, ax) in self.dims.items()}
-        shape = [d if isinstance(d, int) else sizes[d] for d in self.out_shape]
+        if any(d is None for d in self.out_shape):  # a dim no input names: the ops' own answer
+            shape = self._shape_of([tuple(a.shape) for a in args])
+        else:
+            shape = [d if isinstance(d, int) else sizes[d] for d in self.out_shape]
         out = torch.empty(shape, dtype=getattr(torch, self.out_dtype), device=args[0].device)
         self.func(*args, out)
         return out
@@ -68,9 +92,12 @@ def build_block(block: Block, target: str = "llvm") -> Kernel:
     for i, v in enumerate(block.inputs):
         shape = []
         for ax, d in enumerate(v.shape or ()):
-            if isinstance(d, int):
+            if isinstance(d, int) and d >= 0:
                 shape.append(d)
             else:
+                # unknown: a size of its own, except the leading (batch) axis, one for all inputs
+                named = isinstance(d, str) and d not in ("?", "")
+                d = d if named else ("batch" if ax == 0 else f"in{i}_{ax}")
                 if d not in syms:
                     syms[d] = tirx.Var(_ident(d), "int64")
                     dims[d] = (i, ax)
@@ -107,16 +134,9 @@ def build_block(block: Block, target: str = "llvm") -> Kernel:
     lib = tvm.compile(mod, target=tgt)
     func = lib.mod.imports[0][prims[0]]
     out = block.outputs[0]
-    out_shape = [d if isinstance(d, int) else _expr(syms, d) for d in out.shape]
+    out_shape = [d if isinstance(d, int) and d >= 0 else (d if d in syms else None) for d in out.shape]
     source = lib.mod.imports[0].inspect_source() if target != "llvm" else ""
-    return Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source)
-
-
-def _expr(syms: dict[str, Any], dim: str):
-    """An output dim: an input's symbolic dim, or unknown (an UnsupportedError)."""
-    if dim in syms:
-        return dim
-    raise UnsupportedError(f"output dim '{dim}' is none of the inputs' dims")
+    return Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
 
 
 def _ident(name: str) -> str:

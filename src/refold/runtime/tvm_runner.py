@@ -1,0 +1,99 @@
+"""Run a model with a TVM kernel per fused block and torch for everything else.
+
+Blocks come from ``codegen.build_plan``: built (or taken from the on-disk cache) and checked on
+probe inputs; a block without a kernel runs node by node in torch, and ``fallbacks`` says why.
+Kernels take torch tensors directly (no copy; non-contiguous inputs are made contiguous).
+
+>>> runner = TvmRunner(model)                # doctest: +SKIP
+>>> runner.run({"x": x})["logits"]           # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from refold.ir.graph import Model
+from refold.runtime.torch_runner import TorchRunner, to_torch
+
+
+class TvmRunner(TorchRunner):
+    engine = "tvm"
+
+    def __init__(self, model: Model, *, target: str = "llvm", cache: bool = True, sabotage: str | None = None):
+        super().__init__(model)
+        from refold.codegen.plan import build_plan
+
+        self._final, self._inside = {}, set()  # no kernels yet: the probe run is plain torch
+        self.plan = build_plan(model, target, cache=cache, shapes=self._probe_shapes(), sabotage=sabotage)
+        for p in self.plan:
+            if p.kernel is None:
+                continue
+            self._final[p.block.nodes[-1]] = p
+            self._inside.update(n for n in p.block.nodes[:-1] if not _from_constants(n))
+
+    def _probe_shapes(self) -> dict[str, tuple]:
+        """Every value's shape on one torch run of the example inputs (a torch model's own, else
+        probe inputs): what each kernel is checked at."""
+        import torch
+
+        from refold.runtime.probe import probe_dims, probe_inputs
+
+        feeds = self.model.meta.get("torch.example_inputs")
+        if feeds is None:
+            feeds = probe_inputs(self.model, dims=probe_dims(self.model))
+        names = [o.name for n in self.model.graph for o in n.outputs]
+        try:
+            with torch.no_grad():
+                got = self.run(feeds, capture=names)
+        except Exception:
+            return {}
+        return {k: tuple(t.shape) for k, t in got.items() if hasattr(t, "shape")}
+
+    @property
+    def fallbacks(self) -> dict[str, str]:
+        """Block name -> why it runs op by op in torch."""
+        return {p.block.name: p.reason for p in self.plan if p.kernel is None}
+
+    @property
+    def kernels(self) -> int:
+        return sum(1 for p in self.plan if p.kernel is not None)
+
+    def _run(self, feeds: dict[str, Any], capture: list[str]) -> dict[str, Any]:
+        graph = self.model.graph
+        env: dict[int, Any] = {}
+        for v in graph.inputs:
+            if v.const is None:
+                t = to_torch(feeds[v.name])
+                env[id(v)] = self._cast(t.to(self.device)) if hasattr(t, "to") else t
+
+        def value(v):
+            if v is None:
+                return None
+            if id(v) in env:
+                return env[id(v)]
+            if v.const is not None:
+                return self._const(v)
+            raise KeyError(v.name)
+
+        for node in graph:
+            planned = self._final.get(node)
+            if planned is not None:
+                env[id(planned.block.outputs[0])] = planned.kernel(*[value(v) for v in planned.block.inputs])
+                continue
+            if node in self._inside:
+                continue  # computed inside its block's kernel
+            results = self._evaluate(node, [value(v) for v in node.inputs])
+            for o, r in zip(node.outputs, results):
+                env[id(o)] = r
+        wanted = {v.name: v for v in graph.outputs}
+        for n in graph:
+            for o in n.outputs:
+                if o.name in capture:
+                    wanted[o.name] = o
+        missing = [k for k, v in wanted.items() if id(v) not in env and v.const is None]
+        if missing:
+            raise KeyError(f"{missing[0]} is computed inside a fused kernel; capture needs the torch runner")
+        return {k: value(v) for k, v in wanted.items()}
+
+
+def _from_constants(n) -> bool:
+    return all(v is None or v.const is not None for v in n.inputs)

@@ -1,0 +1,63 @@
+"""refold.compile: TVM kernels for fused blocks, torch for the rest; the same outputs as ORT /
+the module; a second compile builds nothing (the on-disk cache); a block made to fail falls back,
+and says why."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import refold
+import zoo
+from refold.runtime.ort import OrtRunner
+
+pytest.importorskip("tvm")
+
+
+@pytest.fixture()
+def kernel_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFOLD_KERNEL_CACHE", str(tmp_path / "kernels"))
+    return tmp_path / "kernels"
+
+
+def test_tiny_cnn_and_ppocr_cls_match_ort_and_the_second_compile_hits_the_cache(kernel_cache):
+    for src, shape, least in ((refold.example_path(), (1, 3, 32, 32), 5), (zoo.ppocr_path("cls"), (1, 3, 48, 192), 70)):
+        fast = refold.compile(src)
+        assert fast.kernels >= least, fast.fallbacks
+        if src == refold.example_path():
+            assert not fast.fallbacks
+        # PP-OCR cls: residual adds of two tensors whose image sizes onnx left as distinct unknown
+        # dims cannot be proven to broadcast, so TVM refuses them: they run in torch, and say so
+        assert all("build failed" in why for why in fast.fallbacks.values())
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        ref = next(iter(OrtRunner(onnx.load(src)).run({"x": x}).values()))
+        got = fast(torch.from_numpy(x))
+        assert np.abs(got.numpy() - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+        again = refold.compile(src)
+        assert all(p.cached for p in again.runner.plan if p.kernel is not None)
+        assert again.kernels == fast.kernels
+    assert any(kernel_cache.rglob("*.so"))
+
+
+def test_gpt2_module_compiles_with_symbolic_sequence_length(kernel_cache):
+    model, inputs = zoo.tiny_hf_model("gpt2")
+    module = zoo.last_hidden(model).eval()
+    fast = refold.compile(module, inputs)
+    assert fast.kernels >= 20 and not fast.fallbacks
+    for length in (8, 13):  # one kernel per block serves every length
+        ids = torch.randint(0, 99, (1, length))
+        with torch.no_grad():
+            ref = module(ids)
+        assert torch.allclose(fast(ids), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_a_block_made_to_fail_falls_back_and_says_why(kernel_cache):
+    src = refold.example_path()
+    good = refold.compile(src)
+    victim = next(p.block.name for p in good.runner.plan if p.kernel is not None and p.block.kind == "conv_bias_act")
+    fast = refold.compile(src, sabotage=victim)
+    assert list(fast.fallbacks) == [victim] and "disagrees with the reference" in fast.fallbacks[victim]
+    assert fast.kernels == good.kernels - 1
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.allclose(fast(x), good(x), atol=1e-5)  # the fallback runs the ops in torch
