@@ -66,3 +66,29 @@ def test_tvm_missing_is_one_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tvm", None)
     with pytest.raises(UnsupportedError, match=r"pip install 'refold\[tvm\]'"):
         require_tvm()
+
+
+def _kernels_in(source: str) -> int:
+    """CUDA kernels defined (a declaration and a definition each carry __global__)."""
+    return sum(1 for line in source.splitlines() if "__global__" in line and line.rstrip().endswith("{"))
+
+
+def test_cuda_source_for_every_block_type_without_a_gpu():
+    m = load(example_path())
+    RaiseToCore().call(m)
+    PassManager([FuseConvBN()], check=False).run(m)
+    infer_shapes(m)
+    model, inputs = zoo.tiny_hf_model("gpt2")
+    g = load(zoo.last_hidden(model).eval(), inputs)
+    RaiseToCore().call(g)
+    rules = {}
+    for mm in (m, g):
+        for block in partition(mm):
+            if not block.outputs or block.kind in rules:
+                continue
+            kernel = build_block(block, target="cuda")  # dlight rules tried one at a time
+            assert _kernels_in(kernel.source) == 1, block.name
+            rules[block.kind] = kernel.schedule
+    assert rules["conv_bias_act"] == "Matmul" and rules["norm"] in ("Reduction", "GeneralReduction")
+    assert rules["elementwise"] == "Fallback" and rules["linear"] in ("Matmul", "GEMV")
+    assert {"conv_bias_act", "conv_bias", "linear", "norm", "elementwise"} <= set(rules)

@@ -46,6 +46,7 @@ class Kernel:
         self.dims = dims  # symbolic dim name -> (input index, axis) that sets it
         self.source = source
         self._shapes: dict[tuple, list[int]] = {}
+        self.schedule = ""  # the dlight rule that scheduled a GPU kernel
 
     def _shape_of(self, shapes: list[tuple]) -> list[int]:
         """The output shape for these input shapes: the block's core ops run on meta tensors."""
@@ -131,12 +132,49 @@ def build_block(block: Block, target: str = "llvm") -> Kernel:
     tgt = tvm.target.Target({"kind": target} if target == "llvm" else
                             {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152,
                              "max_threads_per_block": 1024, "thread_warp_size": 32})
+    schedule = ""
+    if target == "cuda":
+        mod, schedule = _gpu_schedule(tvm, mod, tgt)
     lib = tvm.compile(mod, target=tgt)
     func = lib.mod.imports[0][prims[0]]
     out = block.outputs[0]
     out_shape = [d if isinstance(d, int) and d >= 0 else (d if d in syms else None) for d in out.shape]
-    source = lib.mod.imports[0].inspect_source() if target != "llvm" else ""
-    return Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
+    source = _device_source(lib.mod) if target != "llvm" else ""
+    kernel = Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
+    kernel.schedule = schedule
+    return kernel
+
+
+GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
+
+
+def _gpu_schedule(tvm, mod, target):
+    """dlight's default GPU rules tried one at a time (``ApplyDefaultSchedule`` changes its input
+    and stops at the first rule that raises): the module scheduled by the first that applies."""
+    from tvm.s_tir import dlight as dl
+
+    for name in GPU_RULES:
+        trial = tvm.ir.load_json(tvm.ir.save_json(mod))  # a copy: the rule edits what it is given
+        try:
+            with target:
+                scheduled = dl.ApplyDefaultSchedule(getattr(dl.gpu, name)())(trial)
+        except Exception:
+            continue
+        funcs = [f for f in scheduled.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+        if funcs and all(f.attrs is not None and f.attrs.get("tirx.is_scheduled", False) for f in funcs):
+            return scheduled, name
+    raise UnsupportedError("no dlight GPU rule schedules this block")
+
+
+def _device_source(module) -> str:
+    """The device code (CUDA C) among the built library's imports."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m.kind == "cuda":
+            return m.inspect_source()
+        stack.extend(m.imports)
+    return ""
 
 
 def _ident(name: str) -> str:
