@@ -61,3 +61,26 @@ def test_a_block_made_to_fail_falls_back_and_says_why(kernel_cache):
     assert fast.kernels == good.kernels - 1
     x = torch.randn(1, 3, 32, 32)
     assert torch.allclose(fast(x), good(x), atol=1e-5)  # the fallback runs the ops in torch
+
+
+def test_refold_compile_writes_a_folder_load_compiled_builds_nothing(kernel_cache, tmp_path, capsys):
+    from refold import cli
+
+    out = tmp_path / "tiny.refold"
+    assert cli.main(["compile", refold.example_path(), "-o", str(out)]) == 0
+    assert "kernels (llvm)" in capsys.readouterr().out
+    import json
+
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["kernels"] >= 5 and all(b["kernel"] for b in plan["blocks"])
+    loaded = refold.load_compiled(str(out))
+    assert all(p.cached for p in loaded.runner.plan if p.kernel is not None)  # loaded, not built
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    ref = next(iter(OrtRunner(onnx.load(refold.example_path())).run({"x": x}).values()))
+    assert np.abs(loaded(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
+    cuda = tmp_path / "tiny.cuda"
+    assert cli.main(["compile", refold.example_path(), "--target", "cuda", "-o", str(cuda)]) == 0
+    plan = json.loads((cuda / "plan.json").read_text())
+    sources = [b["source"] for b in plan["blocks"] if b["kernel"]]
+    assert sources and all("__global__" in (cuda / s).read_text() for s in sources)
+    assert all(b["schedule"] for b in plan["blocks"] if b["kernel"])

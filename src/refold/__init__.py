@@ -10,7 +10,7 @@ numerically against the graph before it.
 from __future__ import annotations
 
 import refold.inspect as _inspect
-from refold.api import compile, example_path, load, optimize, save  # noqa: A004
+from refold.api import compile, example_path, load, load_compiled, optimize, save, save_compiled  # noqa: A004
 from refold.errors import RefoldError
 from refold.ir.dtypes import DType
 from refold.ir.graph import Graph, Model, Node, Value
@@ -18,5 +18,5 @@ from refold.ir.graph import Graph, Model, Node, Value
 _inspect.loader = load  # refold.inspect(path_or_module) loads through refold.load
 
 __version__ = "0.1.0"
-__all__ = ["load", "save", "optimize", "compile", "example_path", "RefoldError", "DType", "Graph", "Model",
+__all__ = ["load", "save", "optimize", "compile", "save_compiled", "load_compiled", "example_path", "RefoldError", "DType", "Graph", "Model",
            "Node", "Value", "__version__"]

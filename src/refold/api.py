@@ -179,13 +179,18 @@ class CompiledModel:
         return self.runner.fallbacks
 
     def __call__(self, *args):
+        if self.runner.target != "llvm":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UnsupportedError(f"{self.runner.target} kernels run on a GPU; this machine has none")
         out = self.runner.run(args if len(args) != 1 else args[0])
         values = [out[k] for k in self.output_names]
         return values[0] if len(values) == 1 else tuple(values)
 
 
 def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cache: bool = True,
-            sabotage: str | None = None) -> CompiledModel:
+            sabotage: str | None = None, cache_dir: str | None = None) -> CompiledModel:
     """A torch module or ONNX file as a callable that runs each fused block (conv+bias+act,
     linear+act, norms, elementwise chains; BatchNorm folded first) as one TVM kernel and the
     rest with torch. Kernels are cached on disk (``REFOLD_KERNEL_CACHE``).
@@ -203,5 +208,49 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cac
     PassManager([FuseConvBN(mode="deploy")], check=False).run(m)
     if m.source == "onnx":
         infer_shapes(m, probe=True)
-    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage)
-    return CompiledModel(runner, [v.name for v in m.graph.outputs])
+    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir)
+    compiled = CompiledModel(runner, [v.name for v in m.graph.outputs])
+    compiled.source = model if isinstance(model, (str, os.PathLike)) else None
+    return compiled
+
+
+def save_compiled(compiled: CompiledModel, folder: str) -> dict:
+    """Write a compiled ONNX model to ``folder``: the model, its kernels (CPU libraries with what
+    calling them needs; CUDA C sources for ``cuda``) and ``plan.json`` (each block: kind, nodes,
+    kernel or why it falls back). ``load_compiled(folder)`` builds nothing."""
+    import json
+    import shutil
+
+    if compiled.source is None:
+        raise UsageError("save_compiled: only a model compiled from an ONNX file can be saved")
+    os.makedirs(os.path.join(folder, "kernels"), exist_ok=True)
+    shutil.copyfile(resolve_path(str(compiled.source)), os.path.join(folder, "model.onnx"))
+    plan = []
+    for p in compiled.runner.plan:
+        entry = {"block": p.block.name, "kind": p.block.kind, "nodes": [n.name for n in p.block.nodes],
+                 "kernel": p.kernel is not None, "fallback": p.reason or None}
+        if p.kernel is not None and p.kernel.files:
+            for path in p.kernel.files:
+                sub = os.path.join(folder, "kernels", os.path.basename(os.path.dirname(path)))
+                os.makedirs(sub, exist_ok=True)
+                shutil.copyfile(path, os.path.join(sub, os.path.basename(path)))
+        elif p.kernel is not None and p.kernel.source:
+            entry["source"] = f"kernels/{p.block.name}.cu"
+            write_text_atomic(os.path.join(folder, entry["source"]), p.kernel.source)
+        if p.kernel is not None:
+            entry["schedule"] = p.kernel.schedule or None
+        plan.append(entry)
+    summary = {"target": compiled.runner.target, "kernels": compiled.kernels, "blocks": plan}
+    write_text_atomic(os.path.join(folder, "plan.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def load_compiled(folder: str) -> CompiledModel:
+    """The model ``save_compiled`` wrote, its CPU kernels loaded from ``folder`` (nothing built)."""
+    import json
+
+    with open(os.path.join(folder, "plan.json"), encoding="utf-8") as f:
+        target = json.load(f)["target"]
+    if target != "llvm":
+        raise UnsupportedError(f"'{folder}' holds {target} kernels: they load on a machine with that GPU")
+    return compile(os.path.join(folder, "model.onnx"), target=target, cache_dir=os.path.join(folder, "kernels"))

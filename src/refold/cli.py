@@ -95,6 +95,15 @@ def _parser() -> argparse.ArgumentParser:
                         "and its options (types, allowed values, defaults).", epilog=EPILOG)
     ps.add_argument("name", nargs="?", metavar="NAME")
     ps.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    c = sub.add_parser("compile", help="build a TVM kernel for each fused block of an ONNX model",
+                       description="Partition the model into fused blocks, build each into one TVM kernel "
+                       "(checked against the reference; a block that fails falls back to torch), and write "
+                       "the model, the kernels and plan.json to a folder refold.load_compiled reads.",
+                       epilog=EPILOG)
+    c.add_argument("model", metavar="MODEL")
+    c.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
+    c.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write")
+    c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -276,6 +285,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    from refold.api import compile as compile_model
+    from refold.api import resolve_path, save_compiled
+
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise errors.OutputError(f"output '{args.output}' exists and is not a folder")
+    src = resolve_path(args.model)
+    compiled = compile_model(src, target=args.target)
+    summary = save_compiled(compiled, args.output)
+    print(f"{src} -> {args.output}: {summary['kernels']} kernels ({args.target}), "
+          f"{len(compiled.fallbacks)} blocks in torch")
+    for name, why in compiled.fallbacks.items():
+        print(f"  {name}: {why}")
+    return 0
+
+
 def cmd_passes(args) -> int:
     from refold.passes import PASSES, describe
 
@@ -304,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             return errors.EXIT_USAGE
         with gc_paused():  # a short-lived job: cycles are freed when it ends
             rc = {"show": cmd_show, "run": cmd_run, "passes": cmd_passes, "diff": cmd_diff,
-                  "report": cmd_report}[args.cmd](args)
+                  "report": cmd_report, "compile": cmd_compile}[args.cmd](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
         return rc
     except RefoldError as e:

@@ -38,21 +38,25 @@ def block_key(block: Block, target: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def cached_build(block: Block, target: str = "llvm", *, cache: bool = True) -> tuple[Kernel, bool]:
-    """(kernel, whether it came from the cache). Only CPU (llvm) kernels are cached as libraries."""
+def cached_build(block: Block, target: str = "llvm", *, cache: bool = True,
+                 folder: str | None = None) -> tuple[Kernel, bool]:
+    """(kernel, whether it came from the cache). Only CPU (llvm) kernels are cached as libraries;
+    ``folder`` is the cache's root (default ``cache_dir()``)."""
     tvm = require_tvm()
     if not cache or target != "llvm":
         return build_block(block, target), False
     key = block_key(block, target)
-    folder = os.path.join(cache_dir(), key[:2])
+    folder = os.path.join(folder or cache_dir(), key[:2])
     lib_path, meta_path = os.path.join(folder, key + ".so"), os.path.join(folder, key + ".json")
     if os.path.exists(lib_path) and os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
         module = tvm.runtime.load_module(lib_path)
         dims = {k: tuple(v) for k, v in meta["dims"].items()}
-        return Kernel(block, module[meta["func"]], meta["out_shape"], meta["out_dtype"], dims, "", module,
-                      meta["func"]), True
+        kernel = Kernel(block, module[meta["func"]], meta["out_shape"], meta["out_dtype"], dims, "", module,
+                        meta["func"])
+        kernel.files = (lib_path, meta_path)
+        return kernel, True
     kernel = build_block(block, target)
     os.makedirs(folder, exist_ok=True)
     tmp = f"{lib_path}.{os.getpid()}.so"
@@ -63,4 +67,5 @@ def cached_build(block: Block, target: str = "llvm", *, cache: bool = True) -> t
     with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(meta, f)
     os.replace(meta_path + ".tmp", meta_path)
+    kernel.files = (lib_path, meta_path)
     return kernel, False

@@ -47,6 +47,7 @@ class Kernel:
         self.source = source
         self._shapes: dict[tuple, list[int]] = {}
         self.schedule = ""  # the dlight rule that scheduled a GPU kernel
+        self.files: tuple[str, ...] = ()  # where the cache keeps it (library, metadata)
 
     def _shape_of(self, shapes: list[tuple]) -> list[int]:
         """The output shape for these input shapes: the block's core ops run on meta tensors."""

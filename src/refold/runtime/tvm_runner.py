@@ -18,12 +18,15 @@ from refold.runtime.torch_runner import TorchRunner, to_torch
 class TvmRunner(TorchRunner):
     engine = "tvm"
 
-    def __init__(self, model: Model, *, target: str = "llvm", cache: bool = True, sabotage: str | None = None):
+    def __init__(self, model: Model, *, target: str = "llvm", cache: bool = True, sabotage: str | None = None,
+                 cache_folder: str | None = None):
         super().__init__(model)
         from refold.codegen.plan import build_plan
 
         self._final, self._inside = {}, set()  # no kernels yet: the probe run is plain torch
-        self.plan = build_plan(model, target, cache=cache, shapes=self._probe_shapes(), sabotage=sabotage)
+        self.target = target
+        self.plan = build_plan(model, target, cache=cache, shapes=self._probe_shapes(), sabotage=sabotage,
+                               cache_folder=cache_folder)
         for p in self.plan:
             if p.kernel is None:
                 continue
