@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from refold.ir.graph import CORE, Node, Value
+from refold.passes.analysis.channel_attention import attention_matmul, axes_of, sdpa
 
 ChannelGraph = Any  # the builder in channels.py, which imports these rules (so not imported here)
 
@@ -197,16 +198,12 @@ _NOT_AXISWISE = "not axis-wise"
 _VIEWS = {CORE: {"reshape", "flatten"}, "aten": {"view", "_unsafe_view", "reshape", "flatten"}}
 
 
-def _comps(axis) -> tuple:
-    return axis if isinstance(axis, tuple) else (axis,)
-
-
 def _axiswise(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
     """The rules that move axes around without mixing channels, for plain and multi-axis tracks:
     elementwise ops and broadcasts, transposes, views, matmuls and attention."""
     ins, outs, d = n.inputs, n.outputs, n.dialect
     y = outs[0] if outs else None
-    comps = _comps(axis)
+    comps = axes_of(axis)
     if n.op in _UNARY.get(d, ()):
         if v is not ins[0] and v is not y:
             return None  # Clip's bounds, a dtype argument
@@ -253,9 +250,9 @@ def _axiswise(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
             return None
         return _reshape(cg, n, v, axis)
     if d == CORE and n.op == "matmul" and (isinstance(axis, tuple) or all(u.const is None for u in ins[:2])):
-        return _attention_matmul(cg, n, v, axis)
+        return attention_matmul(cg, n, v, axis)
     if d == "aten" and n.op == "scaled_dot_product_attention":
-        return _sdpa(cg, n, v, axis)
+        return sdpa(cg, n, v, axis)
     if d == "aten" and n.op in ("unsqueeze", "squeeze") and v in (ins[0], y):
         args = n.attrs.get("args") or []
         dim = args[1] if len(args) > 1 else None
@@ -289,65 +286,6 @@ def _axiswise(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
                 return "an expand whose size there is computed"
         return None
     return _NOT_AXISWISE
-
-
-def _attention_matmul(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
-    """[..., M, K] x [..., K, N]: batch axes (heads) meet in all three; K links a and b; M links a
-    and y; N links b and y."""
-    a, b, y = n.inputs[0], n.inputs[1], n.outputs[0]
-    ra, rb, ry = len(a.shape), len(b.shape), len(y.shape)
-    if ra < 2 or rb < 2:
-        return "a matrix-vector product"
-    role = {}
-    for u, r in ((a, ra), (b, rb), (y, ry)):
-        for ax in range(r - 2):
-            role[(id(u), ax)] = ("batch", ax - r)  # right-aligned batch position
-    role[(id(a), ra - 2)], role[(id(a), ra - 1)] = ("M", 0), ("K", 0)
-    role[(id(b), rb - 2)], role[(id(b), rb - 1)] = ("K", 0), ("N", 0)
-    role[(id(y), ry - 2)], role[(id(y), ry - 1)] = ("M", 0), ("N", 0)
-
-    def where(u, r, kind):
-        name, pos = kind
-        if name == "batch":
-            return pos + r if pos + r >= 0 and pos + r < r - 2 else None
-        return {"M": r - 2 if u is not b else None, "K": (r - 1 if u is a else r - 2) if u is not y else None,
-                "N": r - 1 if u is not a else None}[name]
-
-    cg.attention.add((v.name, axis))
-    for u, r in ((a, ra), (b, rb), (y, ry)):
-        if u is v:
-            continue
-        cg.project(v, axis, u, [where(u, r, role[(id(v), c)]) for c in _comps(axis)])
-    return None
-
-
-def _sdpa(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
-    """scaled_dot_product_attention(q [B,H,L,E], k [B,H,S,E], v [B,H,S,Ev]) -> [B,H,L,Ev]: heads
-    meet in all four, E links q and k, S links k and v, Ev links v and the output. The default
-    scale is 1/sqrt(E): only whole heads go (every E of a head meets in one channel of the
-    output's head axis)."""
-    q, k, val = n.inputs[0], n.inputs[1], n.inputs[2]
-    y = n.outputs[0]
-    if v not in (q, k, val, y):
-        return "an attention mask's channels"
-    if any(u.shape is None or len(u.shape) != 4 for u in (q, k, val, y)):
-        return "attention over tensors that are not [B, H, T, E]"
-    if q.shape[1] != k.shape[1]:
-        return "grouped-query attention (query heads per key/value head) is not handled yet"
-    table = {id(q): {0: 0, 1: 1, 2: "L", 3: "E"}, id(k): {0: 0, 1: 1, 2: "S", 3: "E"},
-             id(val): {0: 0, 1: 1, 2: "S", 3: "Ev"}, id(y): {0: 0, 1: 1, 2: "L", 3: "Ev"}}
-    names = {id(q): {"L": 2, "E": 3}, id(k): {"S": 2, "E": 3}, id(val): {"S": 2, "Ev": 3}, id(y): {"L": 2, "Ev": 3}}
-    roles = [table[id(v)][c] for c in _comps(axis)]
-    cg.attention.add((v.name, axis))
-    for u in (q, k, val, y):
-        if u is v:
-            continue
-        cg.project(v, axis, u, [r if isinstance(r, int) else names[id(u)].get(r) for r in roles])
-    if len(n.inputs) > 3 and n.inputs[3] is not None and n.inputs[3].shape is not None and v is not n.inputs[3]:
-        m = n.inputs[3]
-        cg.project(v, axis, m, [(r - 4 + len(m.shape)) if r in (0, 1) and len(m.shape) == 4 else None
-                                for r in roles])
-    return None
 
 
 def _conv(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
@@ -550,7 +488,7 @@ def _reshape(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
     axis merges with the axes after it into one (channel c -> features c*inner .. c*inner+inner-1,
     a flatten into a linear). Target literals spelling the width shrink with the group."""
     x, y = n.inputs[0], n.outputs[0]
-    comps = _comps(axis)
+    comps = axes_of(axis)
     if list(comps) != list(range(comps[0], comps[0] + len(comps))):
         return "a view of channels on axes that are not next to each other"
     sx, sy = _as_run(cg, x), _as_run(cg, y)
