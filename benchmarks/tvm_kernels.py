@@ -58,17 +58,6 @@ class _Wrap(torch.nn.Module):
         return self.fn(x)
 
 
-def _torch_block(block, ins):
-    """The block's ops one by one in torch eager (what the kernel replaces)."""
-    from refold.ir.ops import evaluate
-
-    env = {id(v): t for v, t in zip(block.inputs, ins)}
-    for n in block.nodes:
-        env[id(n.outputs[0])] = evaluate(n.op, [env.get(id(u)) if u is not None else None for u in n.inputs],
-                                         n.attrs)[0]
-    return env[id(block.outputs[0])]
-
-
 def _median_time(fn, iters: int) -> float:
     times = []
     for _ in range(iters):
@@ -107,15 +96,9 @@ def main() -> int:
         t = time.perf_counter()
         kernel2, hit2 = cached_build(block, "llvm")
         warm = time.perf_counter() - t
-        from refold.ir.ops import evaluate
-
         ins = [v.const.torch() if v.const is not None else x for v in block.inputs]
-        with torch.no_grad():  # the block's own ops in torch (the reference) against the kernel
-            env = {id(v): t for v, t in zip(block.inputs, ins)}
-            for n in block.nodes:
-                env[id(n.outputs[0])] = evaluate(n.op, [env.get(id(u)) if u is not None else None
-                                                        for u in n.inputs], n.attrs)[0]
-            ref_block = env[id(block.outputs[0])]
+        with torch.no_grad():  # the block's own ops in torch eager (the reference) against the kernel
+            ref_block = block.reference(ins)
             got = kernel2(*ins)
         err = float((got - ref_block).abs().max())
         label = f"{label} ({'+'.join(n.op for n in block.nodes)})"[:40]
@@ -123,7 +106,7 @@ def main() -> int:
         with torch.no_grad():
             for _ in range(args.iters):  # interleaved
                 k_times.append(_median_time(lambda: kernel2(*ins), 3))
-                t_times.append(_median_time(lambda: _torch_block(block, ins), 3))
+                t_times.append(_median_time(lambda: block.reference(ins), 3))
         km, tm = statistics.median(k_times) * 1e3, statistics.median(t_times) * 1e3
         print(f"{label:<40} {kind:<14} {cold:>7.2f} {warm:>9.3f} {warm / cold:>11.3f} {err:>9.2g} "
               f"{km:>10.3f} {tm:>9.3f} {km / tm:>12.2f}" + ("" if hit2 and not hit else "  (cache not hit!)"))

@@ -11,7 +11,6 @@ import torch
 import zoo
 from refold.api import example_path, load
 from refold.errors import UnsupportedError
-from refold.ir.ops import evaluate
 from refold.lowering import partition
 from refold.passes import FuseConvBN, PassManager
 from refold.passes.raise_core import RaiseToCore
@@ -19,14 +18,6 @@ from refold.runtime.shapes import infer_shapes
 
 pytest.importorskip("tvm")
 from refold.codegen import build_block  # noqa: E402
-
-
-def _reference(block, args):
-    env = {id(v): t for v, t in zip(block.inputs, args)}
-    for n in block.nodes:
-        env[id(n.outputs[0])] = evaluate(n.op, [env.get(id(u)) if u is not None else None for u in n.inputs],
-                                         n.attrs)[0]
-    return env[id(block.outputs[0])]
 
 
 def _args(block, sizes):
@@ -54,7 +45,7 @@ def test_every_block_is_one_kernel_equal_to_the_reference(source):
         for size in (2, 5):  # a symbolic dim takes any size: one kernel serves both
             args = _args(block, size)
             with torch.no_grad():
-                ref = _reference(block, args)
+                ref = block.reference(args)
             assert torch.allclose(kernel(*args), ref, atol=1e-4, rtol=1e-4), block.name
         built += 1
     assert built >= (4 if source == "tiny_cnn" else 20)

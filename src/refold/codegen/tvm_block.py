@@ -55,15 +55,9 @@ class Kernel:
         if key not in self._shapes:
             import torch
 
-            from refold.ir.ops import evaluate
-
-            env = {}
-            for v, s in zip(self.block.inputs, shapes):
-                env[id(v)] = v.const.torch() if v.const is not None else torch.empty(s, device="meta")
-            for n in self.block.nodes:
-                env[id(n.outputs[0])] = evaluate(n.op, [env.get(id(u)) if u is not None else None
-                                                        for u in n.inputs], n.attrs)[0]
-            self._shapes[key] = list(env[id(self.block.outputs[0])].shape)
+            meta = [v.const.torch() if v.const is not None else torch.empty(s, device="meta")
+                    for v, s in zip(self.block.inputs, shapes)]
+            self._shapes[key] = list(self.block.reference(meta).shape)
         return self._shapes[key]
 
     def __call__(self, *args):

@@ -70,6 +70,23 @@ class Block:
     def name(self) -> str:
         return f"{self.kind}_{self.index}"
 
+    @property
+    def computed(self) -> list[Node]:
+        """The nodes a kernel replaces (a weight's dequantize, computed from constants only, may
+        sit in several blocks and is left to run where it is)."""
+        return [n for n in self.nodes if not _from_constants(n)]
+
+    def reference(self, args: list):
+        """The block's output from its ops' core references in torch (``args`` in ``inputs``
+        order; meta tensors give just the shape)."""
+        from refold.ir.ops import evaluate
+
+        env = {id(v): t for v, t in zip(self.inputs, args)}
+        for n in self.nodes:
+            env[id(n.outputs[0])] = evaluate(n.op, [env.get(id(u)) if u is not None else None for u in n.inputs],
+                                             n.attrs)[0]
+        return env[id(self.outputs[0])]
+
 
 def partition(model: Model) -> list[Block]:
     """The fused blocks of ``model``'s main graph (core ops; others stay outside any block).

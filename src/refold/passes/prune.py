@@ -101,7 +101,7 @@ class Prune(Pass):
         import torch
 
         from refold.ir.progress import StepBar
-        from refold.passes.objectives import task_loss
+        from refold.passes.objectives import split_labels, task_loss
         from refold.runtime.torch_runner import TorchRunner
 
         if self.data is None:
@@ -116,9 +116,7 @@ class Prune(Pass):
         acc = {k: torch.zeros_like(t) for k, t in params.items()}
         with StepBar("batch") as bar:
             for i, batch in enumerate(self.data):
-                labels = None
-                if isinstance(batch, (tuple, list)) and len(batch) == n_inputs + 1:
-                    batch, labels = tuple(batch[:-1]), torch.as_tensor(np.asarray(batch[-1]))
+                batch, labels = split_labels(batch, n_inputs)
                 with torch.enable_grad():
                     y = runner.run(batch)[out]
                     target = labels if labels is not None else y.detach()
@@ -264,44 +262,27 @@ def _reshape_values(model: Model) -> None:
                 o.shape = None
         infer_shapes(model, probe=True)
         return
-    import torch
+    from refold.runtime.torch_runner import example_shapes
 
-    from refold.runtime.torch_runner import TorchRunner
-
-    examples = model.meta.get("torch.example_inputs")
-    if examples is None:
-        from refold.runtime.probe import probe_dims, probe_inputs
-
-        examples = probe_inputs(model, dims=probe_dims(model))
     values = [o for n in model.graph for o in n.outputs if o.shape is not None]
-    with torch.no_grad():
-        got = TorchRunner(model).run(examples, capture=[v.name for v in values])
+    got = example_shapes(model, [v.name for v in values], strict=True)
     for v in values:
-        t = got.get(v.name)
-        if hasattr(t, "shape") and len(t.shape) == len(v.shape):
-            v.shape = tuple(d if isinstance(d, str) else int(s) for d, s in zip(v.shape, t.shape))
+        shape = got.get(v.name)
+        if shape is not None and len(shape) == len(v.shape):
+            v.shape = tuple(d if isinstance(d, str) else int(s) for d, s in zip(v.shape, shape))
 
 
 def count_macs(model: Model) -> int | None:
     """Multiply-accumulates of conv / conv-transpose / linear / gemm / matmul on one run of the
     example inputs (a torch model's own, else probe inputs); None when the model cannot run."""
-    import torch
-
-    from refold.runtime.torch_runner import TorchRunner
+    from refold.runtime.torch_runner import example_shapes
 
     dense = [n for n in model.graph if n.domain == CORE and n.op in ("conv", "conv_transpose", "linear", "gemm", "matmul")]
-    feeds = model.meta.get("torch.example_inputs")
-    if feeds is None:
-        from refold.runtime.probe import probe_dims, probe_inputs
-
-        feeds = probe_inputs(model, dims=probe_dims(model))
     names = sorted({v.name for n in dense for v in (*n.inputs[:2], n.outputs[0]) if v is not None and v.const is None})
-    try:
-        with torch.no_grad():
-            got = TorchRunner(model).run(feeds, capture=names)
-    except Exception:
+    got = example_shapes(model, names)
+    if names and not got:
         return None
-    shape = lambda v: tuple(v.const.shape) if v.const is not None else tuple(got[v.name].shape)  # noqa: E731
+    shape = lambda v: tuple(v.const.shape) if v.const is not None else got[v.name]  # noqa: E731
     total = 0
     for n in dense:
         out, w = shape(n.outputs[0]), shape(n.inputs[1])

@@ -143,3 +143,24 @@ def evaluate_torch(node: Node, ins: list, opsets: dict[str, int]) -> list:
     if node.meta.get("torch.returns_sequence") or len(node.outputs) > 1:
         return list(out)
     return [out]
+
+
+def example_shapes(model: Model, names: list[str] | None = None, *, strict: bool = False) -> dict[str, tuple]:
+    """Shapes of ``names`` (default: every node output) on one torch run of the example inputs
+    (a torch model's own, else probe inputs); {} when the model cannot run (``strict``: the
+    error). What a symbolic dim is where an analysis needs numbers."""
+    from refold.runtime.probe import probe_dims, probe_inputs
+
+    feeds = model.meta.get("torch.example_inputs")
+    if feeds is None:
+        feeds = probe_inputs(model, dims=probe_dims(model))
+    if names is None:
+        names = [o.name for n in model.graph for o in n.outputs]
+    try:
+        with torch.no_grad():
+            got = TorchRunner(model).run(feeds, capture=names)
+    except Exception:
+        if strict:
+            raise
+        return {}
+    return {k: tuple(t.shape) for k, t in got.items() if hasattr(t, "shape")}

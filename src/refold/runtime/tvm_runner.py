@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from refold.ir.graph import Model
-from refold.runtime.torch_runner import TorchRunner, to_torch
+from refold.runtime.torch_runner import TorchRunner, example_shapes, to_torch
 
 
 class TvmRunner(TorchRunner):
@@ -23,33 +23,15 @@ class TvmRunner(TorchRunner):
         super().__init__(model)
         from refold.codegen.plan import build_plan
 
-        self._final, self._inside = {}, set()  # no kernels yet: the probe run is plain torch
+        self._final, self._inside = {}, set()
         self.target = target
-        self.plan = build_plan(model, target, cache=cache, shapes=self._probe_shapes(), sabotage=sabotage,
+        self.plan = build_plan(model, target, cache=cache, shapes=example_shapes(model), sabotage=sabotage,
                                cache_folder=cache_folder)
         for p in self.plan:
             if p.kernel is None:
                 continue
             self._final[p.block.nodes[-1]] = p
-            self._inside.update(n for n in p.block.nodes[:-1] if not _from_constants(n))
-
-    def _probe_shapes(self) -> dict[str, tuple]:
-        """Every value's shape on one torch run of the example inputs (a torch model's own, else
-        probe inputs): what each kernel is checked at."""
-        import torch
-
-        from refold.runtime.probe import probe_dims, probe_inputs
-
-        feeds = self.model.meta.get("torch.example_inputs")
-        if feeds is None:
-            feeds = probe_inputs(self.model, dims=probe_dims(self.model))
-        names = [o.name for n in self.model.graph for o in n.outputs]
-        try:
-            with torch.no_grad():
-                got = self.run(feeds, capture=names)
-        except Exception:
-            return {}
-        return {k: tuple(t.shape) for k, t in got.items() if hasattr(t, "shape")}
+            self._inside.update(n for n in p.block.computed if n is not p.block.nodes[-1])
 
     @property
     def fallbacks(self) -> dict[str, str]:
@@ -96,7 +78,3 @@ class TvmRunner(TorchRunner):
         if missing:
             raise KeyError(f"{missing[0]} is computed inside a fused kernel; capture needs the torch runner")
         return {k: value(v) for k, v in wanted.items()}
-
-
-def _from_constants(n) -> bool:
-    return all(v is None or v.const is not None for v in n.inputs)

@@ -242,23 +242,9 @@ class ChannelGraph:
         """``v``'s shape on the example inputs (a torch model's own, else probe inputs): what a
         symbolic dim is where a mapping needs numbers (a flatten into a linear)."""
         if self._concrete is None:
-            self._concrete = {}
-            try:
-                import torch
+            from refold.runtime.torch_runner import example_shapes
 
-                from refold.runtime.torch_runner import TorchRunner
-
-                feeds = self.model.meta.get("torch.example_inputs")
-                if feeds is None:
-                    from refold.runtime.probe import probe_dims, probe_inputs
-
-                    feeds = probe_inputs(self.model, dims=probe_dims(self.model))
-                names = [o.name for n in self.graph for o in n.outputs]
-                with torch.no_grad():
-                    got = TorchRunner(self.model).run(feeds, capture=names)
-                self._concrete = {k: tuple(t.shape) for k, t in got.items() if hasattr(t, "shape")}
-            except Exception:  # no run possible: the mapping stays unknown
-                pass
+            self._concrete = example_shapes(self.model)  # {} where no run is possible
         return self._concrete.get(v.name)
 
     # -- groups --------------------------------------------------------------------------------
