@@ -473,10 +473,11 @@ class Quantize(Pass):
         if not kept:
             raise UsageError("quantize: bits=mixed needs data (or calibration=zeroq) for the Hessian traces")
         from refold.ir.progress import StepBar
+        from refold.passes.objectives import split_labels
         from refold.passes.quantize.hawq import allocate_bits
 
         n_in = sum(1 for v in model.graph.inputs if v.const is None)
-        batches = [_split_labels(batch, n_in) for batch, _ in kept]
+        batches = [split_labels(batch, n_in) for batch, _ in kept]
         with StepBar("step") as bar:
             bits, info = allocate_bits(model, layers, batches, choices, budget_bits=budget,
                                        iterations=self.hessian_iterations, progress=bar)
@@ -574,14 +575,3 @@ def _weights(targets: list[Node]) -> list[Value]:
         if i is not None:
             out.setdefault(n.inputs[i].name, n.inputs[i])
     return list(out.values())
-
-
-def _split_labels(batch, n_inputs: int):
-    """(feeds, labels or None): a batch with one item more than the model has inputs, such as a
-    DataLoader's (x, label), carries its labels last."""
-    if isinstance(batch, (tuple, list)) and len(batch) == n_inputs + 1:
-        import torch
-
-        return tuple(batch[:-1]), torch.as_tensor(np.asarray(batch[-1]) if not hasattr(batch[-1], "detach")
-                                                  else batch[-1])
-    return batch, None
