@@ -130,13 +130,7 @@ def build(steps: int, n_train: int):
         sched.step()
     torch.set_num_threads(threads)
 
-    class Logits(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            return self.m(x).logits
+    from models import Logits
 
     return Logits(model.eval()).eval()
 

@@ -79,3 +79,14 @@ def build(name: str) -> nn.Module:
                 mod.running_mean.copy_(torch.randn(mod.num_features, generator=g) * 0.1)
                 mod.running_var.copy_(torch.rand(mod.num_features, generator=g) + 0.5)
     return m.eval()
+
+
+class Logits(nn.Module):
+    """A transformers image classifier returning its logits as one tensor."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x).logits

@@ -85,21 +85,13 @@ from importlib.metadata import version
 import numpy as np
 import torch
 
+from models import Logits  # benchmarks/ is on sys.path when a script runs
+
 MODELS = ("resnet50", "mobilenetv2", "vit")
 
 
 # --------------------------------------------------------------------------------------------
 # models
-
-class Logits(torch.nn.Module):
-    """A transformers image classifier returning its logits as one tensor."""
-
-    def __init__(self, m):
-        super().__init__()
-        self.m = m
-
-    def forward(self, x):
-        return self.m(x).logits
 
 
 def build(name: str, size: int, vit_layers: int, hf_init: bool) -> torch.nn.Module:

@@ -177,13 +177,7 @@ class TorchMbv2:
             loss.backward()
             opt.step()
 
-        class Logits(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, x):
-                return self.m(x).logits
+        from models import Logits
 
         self.module = Logits(model.eval()).eval()
 
