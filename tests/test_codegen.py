@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
+import refold
 import zoo
 from refold.api import example_path, load
 from refold.errors import UnsupportedError
 from refold.lowering import partition
-from refold.passes import FuseConvBN, PassManager
+from refold.passes import FuseConvBN, PassManager, Quantize
 from refold.passes.raise_core import RaiseToCore
 from refold.runtime.shapes import infer_shapes
 
@@ -64,7 +67,37 @@ def _kernels_in(source: str) -> int:
     return sum(1 for line in source.splitlines() if "__global__" in line and line.rstrip().endswith("{"))
 
 
-def test_cuda_source_for_every_block_type_without_a_gpu():
+def _quantized_matmul():
+    """Q(relu(matmul(DQ(x), DQ(w)))) from the quantize pass, weights per channel."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], [w])
+    data = [{"x": rng.standard_normal((2, 8)).astype(np.float32)} for _ in range(4)]
+    proto, _ = refold.optimize(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]),
+                               passes=[Quantize(data=data)])
+    m = load(proto)
+    RaiseToCore().call(m)
+    return m
+
+
+def test_the_quantized_matmul_block_is_one_kernel_equal_to_the_reference():
+    block = next(b for b in partition(_quantized_matmul()) if b.kind == "dequant_matmul_quant")
+    kernel = build_block(block)
+    for size in (3, 64):
+        gen = torch.Generator().manual_seed(size)
+        args = [v.const.torch() if v.const is not None else
+                torch.randint(0, 256, [d if isinstance(d, int) else size for d in v.shape], generator=gen,
+                              dtype=torch.uint8) for v in block.inputs]
+        ref = block.reference(args)
+        assert ref.dtype == torch.uint8 and torch.equal(kernel(*args), ref)  # integer levels: exact
+
+
+def test_cuda_source_and_cubin_for_every_block_type_without_a_gpu(tmp_path):
+    from refold.codegen.cubin import nvcc_path
+
     m = load(example_path())
     RaiseToCore().call(m)
     PassManager([FuseConvBN()], check=False).run(m)
@@ -73,13 +106,18 @@ def test_cuda_source_for_every_block_type_without_a_gpu():
     g = load(zoo.last_hidden(model).eval(), inputs)
     RaiseToCore().call(g)
     rules = {}
-    for mm in (m, g):
+    for mm in (m, g, _quantized_matmul()):
         for block in partition(mm):
             if not block.outputs or block.kind in rules:
                 continue
-            kernel = build_block(block, target="cuda")  # dlight rules tried one at a time
+            kernel = build_block(block, target="cuda", cubin_folder=str(tmp_path))  # dlight rules one at a time
             assert _kernels_in(kernel.source) == 1, block.name
+            if nvcc_path() is not None:  # CI has nvcc from PyPI: the CUDA C compiles for sm_90, here
+                assert kernel.binary[:4] == b"\x7fELF", block.name
             rules[block.kind] = kernel.schedule
     assert rules["conv_bias_act"] == "Matmul" and rules["norm"] in ("Reduction", "GeneralReduction")
     assert rules["elementwise"] == "Fallback" and rules["linear"] in ("Matmul", "GEMV")
-    assert {"conv_bias_act", "conv_bias", "linear", "norm", "elementwise"} <= set(rules)
+    assert rules["dequant_matmul_quant"] in ("Matmul", "GEMV")
+    assert {"conv_bias_act", "conv_bias", "linear", "norm", "elementwise", "dequant_matmul_quant"} <= set(rules)
+    if nvcc_path() is not None:
+        assert len(list(tmp_path.rglob("*.cubin"))) == len(rules)  # cached: a second build compiles nothing

@@ -10,6 +10,7 @@ import torch
 
 import refold
 import zoo
+from refold.errors import UnsupportedError
 from refold.runtime.ort import OrtRunner
 
 pytest.importorskip("tvm")
@@ -84,3 +85,13 @@ def test_refold_compile_writes_a_folder_load_compiled_builds_nothing(kernel_cach
     sources = [b["source"] for b in plan["blocks"] if b["kernel"]]
     assert sources and all("__global__" in (cuda / s).read_text() for s in sources)
     assert all(b["schedule"] for b in plan["blocks"] if b["kernel"])
+    from refold.codegen.cubin import nvcc_path
+
+    if nvcc_path() is not None:  # CI installs nvcc from PyPI: every kernel ships its sm_90 cubin
+        cubins = [b["cubin"] for b in plan["blocks"] if b["kernel"]]
+        assert len(cubins) == len(sources) and all((cuda / c).read_bytes()[:4] == b"\x7fELF" for c in cubins)
+    on_gpu = refold.load_compiled(str(cuda))  # nothing built: the kernels come from the folder
+    assert on_gpu.kernels == plan["kernels"] and all(p.cached for p in on_gpu.runner.plan if p.kernel)
+    if not torch.cuda.is_available():
+        with pytest.raises(UnsupportedError, match="run on a GPU"):
+            on_gpu(torch.randn(1, 3, 32, 32))

@@ -231,9 +231,12 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
                  "kernel": p.kernel is not None, "fallback": p.reason or None}
         if p.kernel is not None and p.kernel.files:
             for path in p.kernel.files:
-                sub = os.path.join(folder, "kernels", os.path.basename(os.path.dirname(path)))
-                os.makedirs(sub, exist_ok=True)
-                shutil.copyfile(path, os.path.join(sub, os.path.basename(path)))
+                sub = os.path.join("kernels", os.path.basename(os.path.dirname(path)))
+                os.makedirs(os.path.join(folder, sub), exist_ok=True)
+                shutil.copyfile(path, os.path.join(folder, sub, os.path.basename(path)))
+                kind = {".cu": "source", ".cubin": "cubin"}.get(os.path.splitext(path)[1])
+                if kind:
+                    entry[kind] = f"{sub}/{os.path.basename(path)}"
         elif p.kernel is not None and p.kernel.source:
             entry["source"] = f"kernels/{p.block.name}.cu"
             write_text_atomic(os.path.join(folder, entry["source"]), p.kernel.source)
@@ -246,11 +249,10 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
 
 
 def load_compiled(folder: str) -> CompiledModel:
-    """The model ``save_compiled`` wrote, its CPU kernels loaded from ``folder`` (nothing built)."""
+    """The model ``save_compiled`` wrote, its kernels loaded from ``folder`` (nothing built; CUDA
+    kernels from their cubins, callable on a GPU machine)."""
     import json
 
     with open(os.path.join(folder, "plan.json"), encoding="utf-8") as f:
         target = json.load(f)["target"]
-    if target != "llvm":
-        raise UnsupportedError(f"'{folder}' holds {target} kernels: they load on a machine with that GPU")
     return compile(os.path.join(folder, "model.onnx"), target=target, cache_dir=os.path.join(folder, "kernels"))

@@ -3,7 +3,8 @@
 The key is the block's structure (ops, attributes, which inputs are constants, the inputs'
 shapes and dtypes, symbolic dims by name), the target and the TVM version; weights are kernel
 arguments, not part of the code, so two models with the same layer shapes share kernels.
-A kernel is a shared library (``export_library``) plus a JSON of what calling it needs.
+A kernel is a shared library (``export_library``) plus a JSON of what calling it needs; a CUDA
+kernel also keeps its CUDA C and cubin (``codegen/cubin.py``).
 
 >>> kernel, hit = cached_build(block, "llvm")   # doctest: +SKIP
 """
@@ -13,7 +14,8 @@ import hashlib
 import json
 import os
 
-from refold.codegen.tvm_block import Kernel, build_block, require_tvm
+from refold.codegen.cubin import install_hook, remember
+from refold.codegen.tvm_block import Kernel, build_block, gpu_present, require_tvm
 from refold.lowering.partition import Block
 
 
@@ -40,32 +42,59 @@ def block_key(block: Block, target: str) -> str:
 
 def cached_build(block: Block, target: str = "llvm", *, cache: bool = True,
                  folder: str | None = None) -> tuple[Kernel, bool]:
-    """(kernel, whether it came from the cache). Only CPU (llvm) kernels are cached as libraries;
-    ``folder`` is the cache's root (default ``cache_dir()``)."""
+    """(kernel, whether it came from the cache); ``folder`` is the cache's root (default
+    ``cache_dir()``). A CUDA kernel is kept as its library, its CUDA C and its sm_90 cubin; on a
+    machine without a GPU it loads as source and cubin only (nothing to call)."""
     tvm = require_tvm()
-    if not cache or target != "llvm":
+    root = folder or cache_dir()
+    if not cache:
         return build_block(block, target), False
     key = block_key(block, target)
-    folder = os.path.join(folder or cache_dir(), key[:2])
+    folder = os.path.join(root, key[:2])
     lib_path, meta_path = os.path.join(folder, key + ".so"), os.path.join(folder, key + ".json")
+    extra = [os.path.join(folder, key + ext) for ext in (".cu", ".cubin")] if target == "cuda" else []
     if os.path.exists(lib_path) and os.path.exists(meta_path):
         with open(meta_path, encoding="utf-8") as f:
             meta = json.load(f)
-        module = tvm.runtime.load_module(lib_path)
+        source, binary = _read(extra[0], "r") if extra else "", _read(extra[1], "rb") if extra else b""
+        module = func = None
+        if source and binary:
+            remember(source, "sm_90", binary)
+        if target == "llvm" or gpu_present():
+            if target == "cuda":
+                install_hook("sm_90", os.path.join(root, "cubin"))
+            module = tvm.runtime.load_module(lib_path)
+            func = module[meta["func"]]
         dims = {k: tuple(v) for k, v in meta["dims"].items()}
-        kernel = Kernel(block, module[meta["func"]], meta["out_shape"], meta["out_dtype"], dims, "", module,
-                        meta["func"])
-        kernel.files = (lib_path, meta_path)
+        kernel = Kernel(block, func, meta["out_shape"], meta["out_dtype"], dims, source or "", module, meta["func"])
+        kernel.schedule, kernel.binary = meta.get("schedule", ""), binary or b""
+        kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
         return kernel, True
-    kernel = build_block(block, target)
+    kernel = build_block(block, target, cubin_folder=os.path.join(root, "cubin"))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{lib_path}.{os.getpid()}.so"
     kernel.module.export_library(tmp)
     os.replace(tmp, lib_path)  # readers never see half a library
+    if extra:
+        _write(extra[0], kernel.source.encode())
+        if kernel.binary:
+            _write(extra[1], kernel.binary)
     meta = {"func": kernel.func_name, "out_shape": kernel.out_shape, "out_dtype": kernel.out_dtype,
-            "dims": {k: list(v) for k, v in kernel.dims.items()}, "block": block.name}
-    with open(meta_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(meta, f)
-    os.replace(meta_path + ".tmp", meta_path)
-    kernel.files = (lib_path, meta_path)
+            "dims": {k: list(v) for k, v in kernel.dims.items()}, "block": block.name, "schedule": kernel.schedule}
+    _write(meta_path, json.dumps(meta).encode())  # last: its presence says the entry is whole
+    kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
     return kernel, False
+
+
+def _read(path: str, mode: str):
+    if not os.path.exists(path):
+        return None
+    with open(path, mode, **({"encoding": "utf-8"} if mode == "r" else {})) as f:
+        return f.read()
+
+
+def _write(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

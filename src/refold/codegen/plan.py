@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from refold.codegen.cache import cached_build
-from refold.codegen.tvm_block import Kernel
+from refold.codegen.tvm_block import Kernel, gpu_present
 from refold.errors import RefoldError
 from refold.ir.graph import Model
 from refold.lowering.partition import Block, partition
@@ -31,6 +31,7 @@ def build_plan(model: Model, target: str = "llvm", *, cache: bool = True, shapes
     """Every fused block of ``model`` with its kernel or the reason it has none. ``shapes``: the
     values' shapes on one run (the probe inputs' sizes for symbolic dims), else ``sizes`` for
     each. ``sabotage`` names a block whose kernel is built wrong on purpose (the fallback's test)."""
+    device = "cpu" if target == "llvm" else ("cuda" if gpu_present() else None)  # None: no check here
     plan = []
     for block in partition(model):
         if not block.outputs:
@@ -42,7 +43,7 @@ def build_plan(model: Model, target: str = "llvm", *, cache: bool = True, shapes
             continue
         if sabotage == block.name:
             kernel = _Wrong(kernel)
-        why = _verify(block, kernel, sizes, shapes or {}) if target == "llvm" else ""
+        why = _verify(block, kernel, sizes, shapes or {}, device) if device else ""
         plan.append(Planned(block, None if why else kernel, why, hit))
     return plan
 
@@ -57,8 +58,8 @@ class _Wrong:
         return self.kernel(*args) + 1.0
 
 
-def _verify(block: Block, kernel, size: int, shapes: dict[str, tuple]) -> str:
-    """'' if the kernel equals the core reference on random inputs, else why not."""
+def _verify(block: Block, kernel, size: int, shapes: dict[str, tuple], device: str = "cpu") -> str:
+    """'' if the kernel equals the core reference on random inputs (on ``device``), else why not."""
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -69,8 +70,13 @@ def _verify(block: Block, kernel, size: int, shapes: dict[str, tuple]) -> str:
         elif v.dtype is not None and v.dtype.is_float:
             shape = shapes.get(v.name) or [d if isinstance(d, int) and d >= 0 else size for d in v.shape]
             args.append(torch.randn(list(shape), generator=gen))
+        elif v.dtype is not None and v.dtype.numpy().kind in "iu":  # quantized: any level of its type
+            info = torch.iinfo(v.dtype.torch())
+            shape = shapes.get(v.name) or [d if isinstance(d, int) and d >= 0 else size for d in v.shape]
+            args.append(torch.randint(info.min, info.max + 1, list(shape), generator=gen, dtype=v.dtype.torch()))
         else:
-            return f"input '{v.name}' is not floating point"
+            return f"input '{v.name}' has no probe values ({v.dtype})"
+    args = [a.to(device) for a in args]
     with torch.no_grad():
         ref = block.reference(args)
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from refold.codegen.cubin import compile_cubin, install_hook, nvcc_path
 from refold.errors import UnsupportedError
 from refold.ir.graph import CORE, Node
 from refold.lowering.partition import Block
@@ -47,6 +48,7 @@ class Kernel:
         self.source = source
         self._shapes: dict[tuple, list[int]] = {}
         self.schedule = ""  # the dlight rule that scheduled a GPU kernel
+        self.binary = b""  # the cubin a CUDA kernel carries ("" when the GPU compiles it at load)
         self.files: tuple[str, ...] = ()  # where the cache keeps it (library, metadata)
 
     def _shape_of(self, shapes: list[tuple]) -> list[int]:
@@ -63,6 +65,8 @@ class Kernel:
     def __call__(self, *args):
         import torch
 
+        if self.func is None:
+            raise UnsupportedError(f"block {self.block.name}: its CUDA kernel runs on a GPU; this machine has none")
         args = [a.contiguous() for a in args]  # kernels take compact arrays
         sizes = {name: args[i].shape[ax] for name, (i, ax) in self.dims.items()}
         if any(d is None for d in self.out_shape):  # a dim no input names: the ops' own answer
@@ -74,8 +78,11 @@ class Kernel:
         return out
 
 
-def build_block(block: Block, target: str = "llvm") -> Kernel:
-    """Build ``block`` into one kernel for ``target`` (``llvm``; ``cuda`` emits CUDA source)."""
+def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None,
+                cubin_folder: str | None = None) -> Kernel:
+    """Build ``block`` into one kernel for ``target`` (``llvm``, or ``cuda``: CUDA C, and its cubin
+    for sm_90 when ``cubin`` is true or, by default, when nvcc is found; cubins cached under
+    ``cubin_folder``)."""
     tvm = require_tvm()
     from tvm import relax, tirx
 
@@ -131,13 +138,32 @@ def build_block(block: Block, target: str = "llvm") -> Kernel:
     if target == "cuda":
         mod, schedule = _gpu_schedule(tvm, mod, tgt)
     lib = tvm.compile(mod, target=tgt)
-    func = lib.mod.imports[0][prims[0]]
+    source = _device_source(lib.mod) if target != "llvm" else ""
+    binary = b""
+    if target == "cuda" and (cubin or (cubin is None and nvcc_path())):
+        binary = compile_cubin(source, tgt.arch, folder=cubin_folder)  # compiles here, or fails here
+    if target == "cuda" and gpu_present():
+        install_hook(tgt.arch, cubin_folder)  # the runtime loads the cubin above instead of compiling
+    func = _function(lib.mod.imports[0], prims[0], target)
     out = block.outputs[0]
     out_shape = [d if isinstance(d, int) and d >= 0 else (d if d in syms else None) for d in out.shape]
-    source = _device_source(lib.mod) if target != "llvm" else ""
     kernel = Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
     kernel.schedule = schedule
+    kernel.binary = binary
     return kernel
+
+
+def gpu_present() -> bool:
+    """Whether CUDA kernels can run here (torch sees a GPU)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _function(module, name: str, target: str):
+    """The kernel's entry point; None for a CUDA kernel on a machine without a GPU (TVM's
+    CUDA runtime needs the driver)."""
+    return module[name] if target == "llvm" or gpu_present() else None
 
 
 GPU_RULES = ("Matmul", "GEMV", "Reduction", "GeneralReduction", "Fallback")
@@ -223,5 +249,23 @@ def _emit(bb, relax, n: Node, ins: list):
             return R.nn.rms_norm(ins[0], ins[1], axes=axes, epsilon=eps)
         beta = ins[2] if len(ins) > 2 and ins[2] is not None else relax.const(0.0, "float32")
         return R.nn.layer_norm(ins[0], ins[1], beta, axes=axes, epsilon=eps)
+    if n.op in ("quantize_linear", "dequantize_linear"):
+        return _qdq(relax, n, ins)
     raise UnsupportedError(f"{n.label()}: core.{n.op} has no TVM lowering yet")
+
+
+def _qdq(relax, n: Node, ins: list):
+    """dequantize: (x - zp) * scale; quantize: saturate(round(x / scale) + zp); per tensor or per
+    channel along ``axis`` (block-wise scales stay with torch)."""
+    if n.attrs.get("block_size", 0):
+        raise UnsupportedError(f"{n.label()}: block-wise {n.op} has no TVM lowering here")
+    x, scale = n.inputs[0], n.inputs[1]
+    rank = len(x.shape)
+    axis = n.attrs.get("axis", 1) % rank if rank and scale.shape and len(scale.shape) == 1 and scale.shape[0] != 1 else -1
+    if n.op == "dequantize_linear":
+        zp = ins[2] if len(ins) > 2 and ins[2] is not None else relax.const(0, x.dtype.numpy().name)
+        return relax.op.dequantize(ins[0], ins[1], zp, axis=axis, out_dtype=scale.dtype.numpy().name)
+    zdtype = n.inputs[2].dtype.numpy().name if len(ins) > 2 and ins[2] is not None else "uint8"
+    zp = ins[2] if len(ins) > 2 and ins[2] is not None else relax.const(0, zdtype)
+    return relax.op.quantize(ins[0], ins[1], zp, axis=axis, out_dtype=zdtype)
 

@@ -20,8 +20,10 @@ class TvmRunner(TorchRunner):
 
     def __init__(self, model: Model, *, target: str = "llvm", cache: bool = True, sabotage: str | None = None,
                  cache_folder: str | None = None):
-        super().__init__(model)
         from refold.codegen.plan import build_plan
+        from refold.codegen.tvm_block import gpu_present
+
+        super().__init__(model, device="cuda" if target == "cuda" and gpu_present() else "cpu")
 
         self._final, self._inside = {}, set()
         self.target = target
