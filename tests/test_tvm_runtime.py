@@ -95,3 +95,28 @@ def test_refold_compile_writes_a_folder_load_compiled_builds_nothing(kernel_cach
     if not torch.cuda.is_available():
         with pytest.raises(UnsupportedError, match="run on a GPU"):
             on_gpu(torch.randn(1, 3, 32, 32))
+
+
+def test_tuned_kernels_serve_the_example_shape_and_the_untuned_one_the_rest(kernel_cache):
+    class LinearGelu(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 32)
+
+        def forward(self, x):
+            return torch.nn.functional.gelu(self.fc(x))
+
+    module, x = LinearGelu().eval(), torch.randn(4, 16)
+    fast = refold.compile(module, (x,), tune_trials=4)  # MetaSchedule, 4 measured candidates
+    (planned,) = fast.runner.plan
+    assert planned.kernel.schedule == "MetaSchedule (4 measured)" and not fast.fallbacks
+    assert planned.kernel.static == ((4, 16), (32, 16), (32,))  # tuned at the example's sizes
+    with torch.no_grad():
+        for batch in (4, 7):  # 7: the untuned kernel beside it
+            y = torch.randn(batch, 16)
+            assert torch.allclose(fast(y), module(y), atol=1e-5)
+    again = refold.compile(module, (x,), tune_trials=4)
+    assert again.runner.plan[0].cached and again.runner.plan[0].kernel.static == planned.kernel.static
+    if not torch.cuda.is_available():
+        with pytest.raises(UnsupportedError, match="on a GPU"):
+            refold.compile(module, (x,), target="cuda", tune_trials=4)

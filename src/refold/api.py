@@ -190,10 +190,14 @@ class CompiledModel:
 
 
 def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cache: bool = True,
-            sabotage: str | None = None, cache_dir: str | None = None) -> CompiledModel:
+            sabotage: str | None = None, cache_dir: str | None = None, tune_trials: int = 0,
+            dims: dict[str, int] | None = None) -> CompiledModel:
     """A torch module or ONNX file as a callable that runs each fused block (conv+bias+act,
     linear+act, norms, elementwise chains; BatchNorm folded first) as one TVM kernel and the
-    rest with torch. Kernels are cached on disk (``REFOLD_KERNEL_CACHE``).
+    rest with torch. Kernels are cached on disk (``REFOLD_KERNEL_CACHE``). ``tune_trials``:
+    each kernel tuned by MetaSchedule (that many measured candidates) at the example inputs'
+    sizes (an ONNX file: ``example_inputs``, or its symbolic dims set by ``dims``); other sizes
+    run the untuned kernel.
 
     >>> fast = refold.compile("model.onnx")          # doctest: +SKIP
     >>> y = fast(torch.randn(1, 3, 224, 224))        # doctest: +SKIP
@@ -208,7 +212,22 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cac
     PassManager([FuseConvBN(mode="deploy")], check=False).run(m)
     if m.source == "onnx":
         infer_shapes(m, probe=True)
-    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir)
+        feeds = [v for v in m.graph.inputs if v.const is None]
+        if example_inputs is not None:  # the sizes kernels are checked and tuned at
+            given = example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+            m.meta["torch.example_inputs"] = {v.name: t for v, t in zip(feeds, given)}
+        elif dims:
+            from refold.runtime.probe import probe_dims, probe_inputs
+
+            m.meta["torch.example_inputs"] = probe_inputs(m, dims=probe_dims(m, dims))
+    if tune_trials < 0:
+        raise UsageError(f"tune_trials must be >= 0, not {tune_trials}")
+    from refold.codegen.tvm_block import gpu_present
+
+    if tune_trials and target != "llvm" and not gpu_present():
+        raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
+    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir,
+                       tune_trials=tune_trials)
     compiled = CompiledModel(runner, [v.name for v in m.graph.outputs])
     compiled.source = model if isinstance(model, (str, os.PathLike)) else None
     return compiled
@@ -230,7 +249,7 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
         entry = {"block": p.block.name, "kind": p.block.kind, "nodes": [n.name for n in p.block.nodes],
                  "kernel": p.kernel is not None, "fallback": p.reason or None}
         if p.kernel is not None and p.kernel.files:
-            for path in p.kernel.files:
+            for path in p.kernel.files + (p.kernel.generic.files if p.kernel.generic else ()):
                 sub = os.path.join("kernels", os.path.basename(os.path.dirname(path)))
                 os.makedirs(os.path.join(folder, sub), exist_ok=True)
                 shutil.copyfile(path, os.path.join(folder, sub, os.path.basename(path)))
@@ -243,7 +262,11 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
         if p.kernel is not None:
             entry["schedule"] = p.kernel.schedule or None
         plan.append(entry)
-    summary = {"target": compiled.runner.target, "kernels": compiled.kernels, "blocks": plan}
+    example = compiled.runner.model.meta.get("torch.example_inputs")
+    inputs = {k: [list(t.shape), str(t.dtype).replace("torch.", "")] for k, t in example.items()} \
+        if isinstance(example, dict) else None  # the sizes checked and tuned at
+    summary = {"target": compiled.runner.target, "tune_trials": compiled.runner.tune_trials, "inputs": inputs,
+               "kernels": compiled.kernels, "blocks": plan}
     write_text_atomic(os.path.join(folder, "plan.json"), json.dumps(summary, indent=2))
     return summary
 
@@ -254,5 +277,11 @@ def load_compiled(folder: str) -> CompiledModel:
     import json
 
     with open(os.path.join(folder, "plan.json"), encoding="utf-8") as f:
-        target = json.load(f)["target"]
-    return compile(os.path.join(folder, "model.onnx"), target=target, cache_dir=os.path.join(folder, "kernels"))
+        plan = json.load(f)
+    example = None
+    if plan.get("inputs"):
+        import numpy as np
+
+        example = tuple(np.zeros(shape, dtype=dtype) for shape, dtype in plan["inputs"].values())
+    return compile(os.path.join(folder, "model.onnx"), example, target=plan["target"],
+                   cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0))

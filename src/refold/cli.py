@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("model", metavar="MODEL")
     c.add_argument("--target", choices=("llvm", "cuda"), default="llvm")
     c.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write")
+    c.add_argument("--tune-trials", type=int, default=0, metavar="N",
+                   help="tune each kernel with MetaSchedule, N measured candidates (at the --dim sizes)")
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="the size of a symbolic input dim to check and tune at (repeatable)")
     c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -292,7 +296,7 @@ def cmd_compile(args) -> int:
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise errors.OutputError(f"output '{args.output}' exists and is not a folder")
     src = resolve_path(args.model)
-    compiled = compile_model(src, target=args.target)
+    compiled = compile_model(src, target=args.target, tune_trials=args.tune_trials, dims=_dims(args.dim))
     summary = save_compiled(compiled, args.output)
     print(f"{src} -> {args.output}: {summary['kernels']} kernels ({args.target}), "
           f"{len(compiled.fallbacks)} blocks in torch")

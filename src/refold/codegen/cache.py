@@ -24,10 +24,11 @@ def cache_dir() -> str:
     return os.environ.get("REFOLD_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "refold", "kernels")
 
 
-def block_key(block: Block, target: str) -> str:
+def block_key(block: Block, target: str, tuned: str = "") -> str:
+    """``tuned``: the tuning budget and the shapes tuned at (a tuned kernel is another entry)."""
     tvm = require_tvm()
     index = {id(v): f"in{i}" for i, v in enumerate(block.inputs)}
-    parts = [f"target={target}", f"tvm={tvm.__version__}"]
+    parts = [f"target={target}", f"tvm={tvm.__version__}", f"tuned={tuned}"]
     for i, v in enumerate(block.inputs):
         parts.append(f"in{i}:{v.dtype.name if v.dtype else '?'}{list(v.shape or ())}:{'const' if v.const is not None else 'act'}")
     for k, n in enumerate(block.nodes):
@@ -40,16 +41,34 @@ def block_key(block: Block, target: str) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
-def cached_build(block: Block, target: str = "llvm", *, cache: bool = True,
-                 folder: str | None = None) -> tuple[Kernel, bool]:
+def cached_build(block: Block, target: str = "llvm", *, cache: bool = True, folder: str | None = None,
+                 tune_trials: int = 0, shapes: dict[str, tuple] | None = None) -> tuple[Kernel, bool]:
     """(kernel, whether it came from the cache); ``folder`` is the cache's root (default
     ``cache_dir()``). A CUDA kernel is kept as its library, its CUDA C and its sm_90 cubin; on a
-    machine without a GPU it loads as source and cubin only (nothing to call)."""
+    machine without a GPU it loads as source and cubin only (nothing to call). ``tune_trials``:
+    the kernel tuned at the inputs' sizes in ``shapes``, the untuned one beside it for others."""
     tvm = require_tvm()
     root = folder or cache_dir()
+    if tune_trials:
+        generic, generic_hit = cached_build(block, target, cache=cache, folder=folder)
+        static = [list(shapes.get(v.name, v.shape)) if shapes else list(v.shape) for v in block.inputs]
+        if not cache:
+            kernel = build_block(block, target, tune_trials=tune_trials, shapes=shapes)
+            kernel.generic = generic
+            return kernel, False
+        kernel, hit = _cached(tvm, block, target, root, block_key(block, target, f"{tune_trials}@{static}"),
+                              lambda: build_block(block, target, tune_trials=tune_trials, shapes=shapes,
+                                                  cubin_folder=os.path.join(root, "cubin")))
+        kernel.generic = generic
+        return kernel, hit
     if not cache:
         return build_block(block, target), False
-    key = block_key(block, target)
+    return _cached(tvm, block, target, root, block_key(block, target),
+                   lambda: build_block(block, target, cubin_folder=os.path.join(root, "cubin")))
+
+
+def _cached(tvm, block: Block, target: str, root: str, key: str, build) -> tuple[Kernel, bool]:
+    """The cache entry ``key`` loaded, or ``build()`` run and written there."""
     folder = os.path.join(root, key[:2])
     lib_path, meta_path = os.path.join(folder, key + ".so"), os.path.join(folder, key + ".json")
     extra = [os.path.join(folder, key + ext) for ext in (".cu", ".cubin")] if target == "cuda" else []
@@ -68,9 +87,10 @@ def cached_build(block: Block, target: str = "llvm", *, cache: bool = True,
         dims = {k: tuple(v) for k, v in meta["dims"].items()}
         kernel = Kernel(block, func, meta["out_shape"], meta["out_dtype"], dims, source or "", module, meta["func"])
         kernel.schedule, kernel.binary = meta.get("schedule", ""), binary or b""
+        kernel.static = tuple(tuple(x) for x in meta["static"]) if meta.get("static") else None
         kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
         return kernel, True
-    kernel = build_block(block, target, cubin_folder=os.path.join(root, "cubin"))
+    kernel = build()
     os.makedirs(folder, exist_ok=True)
     tmp = f"{lib_path}.{os.getpid()}.so"
     kernel.module.export_library(tmp)
@@ -80,7 +100,8 @@ def cached_build(block: Block, target: str = "llvm", *, cache: bool = True,
         if kernel.binary:
             _write(extra[1], kernel.binary)
     meta = {"func": kernel.func_name, "out_shape": kernel.out_shape, "out_dtype": kernel.out_dtype,
-            "dims": {k: list(v) for k, v in kernel.dims.items()}, "block": block.name, "schedule": kernel.schedule}
+            "dims": {k: list(v) for k, v in kernel.dims.items()}, "block": block.name, "schedule": kernel.schedule,
+            "static": [list(x) for x in kernel.static] if kernel.static else None}
     _write(meta_path, json.dumps(meta).encode())  # last: its presence says the entry is whole
     kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
     return kernel, False

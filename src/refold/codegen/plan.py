@@ -27,17 +27,20 @@ class Planned:
 
 
 def build_plan(model: Model, target: str = "llvm", *, cache: bool = True, shapes: dict[str, tuple] | None = None,
-               sizes: int = 3, sabotage: str | None = None, cache_folder: str | None = None) -> list[Planned]:
+               sizes: int = 3, sabotage: str | None = None, cache_folder: str | None = None,
+               tune_trials: int = 0) -> list[Planned]:
     """Every fused block of ``model`` with its kernel or the reason it has none. ``shapes``: the
     values' shapes on one run (the probe inputs' sizes for symbolic dims), else ``sizes`` for
-    each. ``sabotage`` names a block whose kernel is built wrong on purpose (the fallback's test)."""
+    each. ``sabotage`` names a block whose kernel is built wrong on purpose (the fallback's test).
+    ``tune_trials``: each kernel tuned (MetaSchedule) at the sizes in ``shapes``."""
     device = "cpu" if target == "llvm" else ("cuda" if gpu_present() else None)  # None: no check here
     plan = []
     for block in partition(model):
         if not block.outputs:
             continue  # dead code: nothing reads it
         try:
-            kernel, hit = cached_build(block, target, cache=cache, folder=cache_folder)
+            kernel, hit = cached_build(block, target, cache=cache, folder=cache_folder, tune_trials=tune_trials,
+                                       shapes=shapes)
         except (RefoldError, Exception) as e:  # a TVM build error is any exception
             plan.append(Planned(block, None, f"build failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}"))
             continue

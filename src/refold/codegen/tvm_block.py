@@ -49,6 +49,8 @@ class Kernel:
         self._shapes: dict[tuple, list[int]] = {}
         self.schedule = ""  # the dlight rule that scheduled a GPU kernel
         self.binary = b""  # the cubin a CUDA kernel carries ("" when the GPU compiles it at load)
+        self.static: tuple | None = None  # a tuned kernel: the only input shapes it serves
+        self.generic: Kernel | None = None  # ... and the kernel for every other shape
         self.files: tuple[str, ...] = ()  # where the cache keeps it (library, metadata)
 
     def _shape_of(self, shapes: list[tuple]) -> list[int]:
@@ -57,7 +59,7 @@ class Kernel:
         if key not in self._shapes:
             import torch
 
-            meta = [v.const.torch() if v.const is not None else torch.empty(s, device="meta")
+            meta = [torch.empty(s, dtype=v.dtype.torch() if v.dtype else torch.float32, device="meta")
                     for v, s in zip(self.block.inputs, shapes)]
             self._shapes[key] = list(self.block.reference(meta).shape)
         return self._shapes[key]
@@ -68,6 +70,10 @@ class Kernel:
         if self.func is None:
             raise UnsupportedError(f"block {self.block.name}: its CUDA kernel runs on a GPU; this machine has none")
         args = [a.contiguous() for a in args]  # kernels take compact arrays
+        if self.static is not None and tuple(tuple(a.shape) for a in args) != self.static:
+            if self.generic is None:
+                raise UnsupportedError(f"block {self.block.name}: tuned for {self.static}, called with other shapes")
+            return self.generic(*args)
         sizes = {name: args[i].shape[ax] for name, (i, ax) in self.dims.items()}
         if any(d is None for d in self.out_shape):  # a dim no input names: the ops' own answer
             shape = self._shape_of([tuple(a.shape) for a in args])
@@ -79,15 +85,20 @@ class Kernel:
 
 
 def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None,
-                cubin_folder: str | None = None) -> Kernel:
+                cubin_folder: str | None = None, tune_trials: int = 0,
+                shapes: dict[str, tuple] | None = None) -> Kernel:
     """Build ``block`` into one kernel for ``target`` (``llvm``, or ``cuda``: CUDA C, and its cubin
     for sm_90 when ``cubin`` is true or, by default, when nvcc is found; cubins cached under
-    ``cubin_folder``)."""
+    ``cubin_folder``). ``tune_trials``: MetaSchedule search of that many measured candidates,
+    for the inputs' sizes in ``shapes`` (value name -> shape); the kernel then serves those only."""
     tvm = require_tvm()
     from tvm import relax, tirx
 
     if len(block.outputs) != 1:
         raise UnsupportedError(f"block {block.name}: {len(block.outputs)} outputs (one kernel writes one)")
+    static = None
+    if tune_trials:
+        static = [tuple(shapes[v.name]) if shapes and v.name in shapes else v.shape for v in block.inputs]
     syms: dict[str, Any] = {}
     dims: dict[str, tuple[int, int]] = {}
     params, names, infos = [], [], []
@@ -95,6 +106,8 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
     for i, v in enumerate(block.inputs):
         shape = []
         for ax, d in enumerate(v.shape or ()):
+            if static is not None:
+                d = static[i][ax]
             if isinstance(d, int) and d >= 0:
                 shape.append(d)
             else:
@@ -135,7 +148,15 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
                             {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152,
                              "max_threads_per_block": 1024, "thread_warp_size": 32})
     schedule = ""
-    if target == "cuda":
+    if tune_trials:
+        from refold.codegen.tune import tune
+
+        if syms:
+            raise UnsupportedError(f"block {block.name}: tuning needs the sizes of {', '.join(syms)} (example inputs)")
+
+        mod, records = tune(mod, prims[0], tgt, tune_trials)
+        schedule = f"MetaSchedule ({records} measured)"
+    elif target == "cuda":
         mod, schedule = _gpu_schedule(tvm, mod, tgt)
     lib = tvm.compile(mod, target=tgt)
     source = _device_source(lib.mod) if target != "llvm" else ""
@@ -149,6 +170,7 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
     out_shape = [d if isinstance(d, int) and d >= 0 else (d if d in syms else None) for d in out.shape]
     kernel = Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
     kernel.schedule = schedule
+    kernel.static = tuple(tuple(s) for s in static) if static is not None else None
     kernel.binary = binary
     return kernel
 

@@ -163,4 +163,10 @@ def example_shapes(model: Model, names: list[str] | None = None, *, strict: bool
         if strict:
             raise
         return {}
-    return {k: tuple(t.shape) for k, t in got.items() if hasattr(t, "shape")}
+    shapes = {k: tuple(t.shape) for k, t in got.items() if hasattr(t, "shape")}
+    if isinstance(feeds, dict):  # the inputs' own sizes, where a block reads an input
+        shapes.update({k: tuple(t.shape) for k, t in feeds.items() if hasattr(t, "shape") and k not in shapes})
+    else:
+        ins = [v for v in model.graph.inputs if v.const is None]
+        shapes.update({v.name: tuple(t.shape) for v, t in zip(ins, feeds) if hasattr(t, "shape") and v.name not in shapes})
+    return shapes
