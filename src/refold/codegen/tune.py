@@ -17,7 +17,6 @@ import os
 import sys
 import tempfile
 
-from refold.errors import UnsupportedError
 from refold.ir.progress import StepBar
 
 
@@ -27,11 +26,6 @@ def tune(mod, name: str, target, trials: int, *, work_dir: str | None = None, pr
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    if target.kind.name != "llvm":
-        from refold.codegen.tvm_block import gpu_present
-
-        if not gpu_present():
-            raise UnsupportedError("tuning CUDA kernels times them on a GPU; this machine has none")
     if target.kind.name == "llvm" and "num-cores" not in target.attrs:  # MetaSchedule's thread budget
         target = tvm.target.Target({**{k: v for k, v in target.export().items() if k != "keys"},
                                     "num-cores": _physical_cores()})

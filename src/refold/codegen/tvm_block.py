@@ -153,6 +153,8 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
 
         if syms:
             raise UnsupportedError(f"block {block.name}: tuning needs the sizes of {', '.join(syms)} (example inputs)")
+        if target != "llvm" and not gpu_present():
+            raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
 
         mod, records = tune(mod, prims[0], tgt, tune_trials)
         schedule = f"MetaSchedule ({records} measured)"
