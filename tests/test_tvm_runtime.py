@@ -120,3 +120,38 @@ def test_tuned_kernels_serve_the_example_shape_and_the_untuned_one_the_rest(kern
     if not torch.cuda.is_available():
         with pytest.raises(UnsupportedError, match="on a GPU"):
             refold.compile(module, (x,), target="cuda", tune_trials=4)
+
+
+def test_show_marks_which_nodes_became_which_kernel(kernel_cache, tmp_path, capsys):
+    import json
+
+    import browser
+    from refold import cli
+
+    assert cli.main(["show", refold.example_path(), "--kernels", "--json"]) == 0  # partitioned, nothing built
+    planned = json.loads(capsys.readouterr().out)["kernels"]
+    assert planned and {r["status"] for r in planned} == {"planned"}
+    src = refold.example_path()
+    victim = next(r["block"] for r in planned if r["kind"] == "conv_bias_act")
+    folder = tmp_path / "tiny.refold"
+    refold.save_compiled(refold.compile(src, sabotage=victim), str(folder))  # one block in torch, on purpose
+    html = tmp_path / "kernels.html"
+    assert cli.main(["show", str(folder), "--html", str(html)]) == 0
+    text = capsys.readouterr().out
+    assert f"kernels: {len(planned) - 1} of {len(planned)} blocks (1 run in torch)" in text
+    line = next(ln for ln in text.splitlines() if ln.strip().startswith(victim))
+    assert "torch" in line and "disagrees with the reference" in line
+    nodes = {r["block"]: r["nodes"] for r in planned}
+    driver = browser.chrome(tmp_path)
+    try:
+        browser.open_page(driver, str(html))
+        marked = driver.execute_script("return [...document.querySelectorAll('#pane-a g.node[data-kernel]')]"
+                                       ".map(e => [e.dataset.kernel, e.classList.contains('in-torch')])")
+        assert sorted(k for k, _ in marked) == sorted(b for b, ns in nodes.items() for _ in ns)
+        assert {k for k, torch_ in marked if torch_} == {victim}
+        driver.execute_script("document.querySelector('#pane-a g.node.in-kernel')"
+                              ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+        assert "TVM kernel" in driver.find_element("id", "details").text
+        assert f"{len(planned) - 1} TVM kernels, 1 blocks in torch" in driver.find_element("id", "summary").text
+    finally:
+        driver.quit()

@@ -203,11 +203,29 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cac
     >>> y = fast(torch.randn(1, 3, 224, 224))        # doctest: +SKIP
     """
     from refold.codegen import require_tvm
-    from refold.passes import FuseConvBN
-    from refold.runtime.shapes import infer_shapes
     from refold.runtime.tvm_runner import TvmRunner
 
     require_tvm()
+    m = _for_kernels(model, example_inputs, dims)
+    if tune_trials < 0:
+        raise UsageError(f"tune_trials must be >= 0, not {tune_trials}")
+    from refold.codegen.tvm_block import gpu_present
+
+    if tune_trials and target != "llvm" and not gpu_present():
+        raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
+    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir,
+                       tune_trials=tune_trials)
+    compiled = CompiledModel(runner, [v.name for v in m.graph.outputs])
+    compiled.source = model if isinstance(model, (str, os.PathLike)) else None
+    return compiled
+
+
+def _for_kernels(model: Any, example_inputs: Any = None, dims: dict[str, int] | None = None) -> Model:
+    """``model`` as ``compile`` partitions it: core ops, BatchNorms folded, shapes known, the
+    example inputs (an ONNX file's given ones, or its symbolic dims set by ``dims``) kept."""
+    from refold.passes import FuseConvBN
+    from refold.runtime.shapes import infer_shapes
+
     m = load(model, example_inputs)
     PassManager([FuseConvBN(mode="deploy")], check=False).run(m)
     if m.source == "onnx":
@@ -220,17 +238,38 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cac
             from refold.runtime.probe import probe_dims, probe_inputs
 
             m.meta["torch.example_inputs"] = probe_inputs(m, dims=probe_dims(m, dims))
-    if tune_trials < 0:
-        raise UsageError(f"tune_trials must be >= 0, not {tune_trials}")
-    from refold.codegen.tvm_block import gpu_present
+    return m
 
-    if tune_trials and target != "llvm" and not gpu_present():
-        raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
-    runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir,
-                       tune_trials=tune_trials)
-    compiled = CompiledModel(runner, [v.name for v in m.graph.outputs])
-    compiled.source = model if isinstance(model, (str, os.PathLike)) else None
-    return compiled
+
+def kernel_map(src: Any) -> tuple[Model, list[dict]]:
+    """Which nodes become which kernel. ``src`` a folder ``refold compile`` wrote: its model with
+    each block's kernel (or why it runs in torch) from ``plan.json``; else a model: its fused
+    blocks as ``compile`` would partition it (nothing built). Each node in a block carries
+    ``meta["kernel"]`` (block, kind, status, schedule or reason), which ``refold show`` and the
+    HTML viewer display; the list has one row per block."""
+    import json
+
+    from refold.lowering import partition
+
+    plan_path = os.path.join(str(src), "plan.json") if isinstance(src, (str, os.PathLike)) else ""
+    if plan_path and os.path.isfile(plan_path):
+        with open(plan_path, encoding="utf-8") as f:
+            plan = json.load(f)
+        m = _for_kernels(os.path.join(str(src), "model.onnx"), _plan_example(plan))
+        rows = [{"block": b["block"], "kind": b["kind"], "nodes": b["nodes"],
+                 "status": "kernel" if b["kernel"] else "torch",
+                 "detail": (b.get("schedule") or "") if b["kernel"] else (b.get("fallback") or "")}
+                for b in plan["blocks"]]
+    else:
+        m = _for_kernels(src)
+        rows = [{"block": b.name, "kind": b.kind, "nodes": [n.name for n in b.nodes], "status": "planned",
+                 "detail": ""} for b in partition(m) if b.outputs]
+    by_name = {n.name: n for n in m.graph}
+    for row in rows:
+        for name in row["nodes"]:
+            if name in by_name:
+                by_name[name].meta["kernel"] = {k: row[k] for k in ("block", "kind", "status", "detail")}
+    return m, rows
 
 
 def save_compiled(compiled: CompiledModel, folder: str) -> dict:
@@ -278,10 +317,14 @@ def load_compiled(folder: str) -> CompiledModel:
 
     with open(os.path.join(folder, "plan.json"), encoding="utf-8") as f:
         plan = json.load(f)
-    example = None
-    if plan.get("inputs"):
-        import numpy as np
-
-        example = tuple(np.zeros(shape, dtype=dtype) for shape, dtype in plan["inputs"].values())
-    return compile(os.path.join(folder, "model.onnx"), example, target=plan["target"],
+    return compile(os.path.join(folder, "model.onnx"), _plan_example(plan), target=plan["target"],
                    cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0))
+
+
+def _plan_example(plan: dict):
+    """Zero inputs of the sizes a compiled folder was checked and tuned at (None if it has none)."""
+    if not plan.get("inputs"):
+        return None
+    import numpy as np
+
+    return tuple(np.zeros(shape, dtype=dtype) for shape, dtype in plan["inputs"].values())

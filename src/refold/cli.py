@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the summary as JSON")
     s.add_argument("--groups", action="store_true", help="also list the channel dependency groups (what "
                    "`prune` can remove together, or why not)")
+    s.add_argument("--kernels", action="store_true", help="also list the fused blocks and which nodes each holds; "
+                   "MODEL a folder `refold compile` wrote: which became TVM kernels and why the others run in torch")
+    s.add_argument("--html", metavar="OUT", help="also write the graph viewer (kernels marked with --kernels)")
     s.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     r = sub.add_parser("run", help="run passes on a model and write the result",
@@ -113,15 +116,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_show(args) -> int:
     from refold.api import load
-    from refold.inspect.summary import format_summary, summarize
+    from refold.api import resolve_path
+    from refold.inspect.summary import format_kernels, format_summary, summarize
     from refold.ir.printer import format_model
 
-    m = load(args.model)
+    compiled = os.path.isfile(os.path.join(args.model, "plan.json"))
+    if compiled and not args.kernels:
+        args.kernels = True  # a compiled folder: its kernels are what there is to show
+    rows = None
+    if args.kernels:
+        from refold.api import kernel_map
+
+        m, rows = kernel_map(args.model if compiled else resolve_path(args.model))
+    else:
+        m = load(args.model)
     s = summarize(m)
     groups = _groups(m) if args.groups else None
     if args.json:
         if groups is not None:
             s["groups"] = [g.to_dict() for g in groups]
+        if rows is not None:
+            s["kernels"] = rows
         print(json.dumps(s, indent=2))
     else:
         print(format_summary(s))
@@ -129,6 +144,13 @@ def cmd_show(args) -> int:
             print(f"\nchannel groups: {len(groups)}, prunable {sum(g.prunable for g in groups)}")
             for g in groups:
                 print("  " + g.describe())
+        if rows is not None:
+            print()
+            print(format_kernels(rows))
+    if args.html:
+        from refold.inspect.view import View
+
+        View(m, title=f"refold: {os.path.basename(os.path.normpath(args.model))}").save(args.html)
     if args.graph:
         print()
         print(format_model(m))

@@ -48,6 +48,11 @@ def build_plan(model: Model, target: str = "llvm", *, cache: bool = True, shapes
             kernel = _Wrong(kernel)
         why = _verify(block, kernel, sizes, shapes or {}, device) if device else ""
         plan.append(Planned(block, None if why else kernel, why, hit))
+    for p in plan:  # what `refold show` / the viewer display: which kernel each node became
+        info = {"block": p.block.name, "kind": p.block.kind, "status": "kernel" if p.kernel else "torch",
+                "detail": p.kernel.schedule if p.kernel else p.reason}
+        for n in p.block.nodes:
+            n.meta["kernel"] = info
     return plan
 
 

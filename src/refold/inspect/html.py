@@ -29,6 +29,8 @@ def _side(s: Snapshot, status: dict[str, str], changes: dict[str, list[str]]) ->
              "st": status.get(n.key, "same")}
         if n.provenance:
             d["pv"] = n.provenance
+        if n.kernel:
+            d["kn"] = n.kernel
         if n.key in changes:
             d["ch"] = changes[n.key]
         nodes.append(d)

@@ -55,6 +55,7 @@ class NodeView:
     outputs: list[Port]
     provenance: dict[str, Any] | None
     scope: list[str]
+    kernel: dict[str, Any] | None = None  # the fused block it belongs to, and whether that became a kernel
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -105,6 +106,13 @@ def _op_name(n: Node) -> str:
 def _fmt_attr(v: Any) -> str:
     s = repr(v)
     return s if len(s) <= 200 else s[:197] + "..."
+
+
+def _kernel(n: Node) -> dict[str, Any] | None:
+    """``meta["kernel"]`` (left by the codegen plan or ``api.kernel_map``): block, kind, status
+    (kernel | torch | planned), and the schedule or the reason it runs in torch."""
+    k = n.meta.get("kernel")
+    return dict(k) if isinstance(k, dict) else None
 
 
 def _scope(n: Node) -> list[str]:
@@ -160,7 +168,7 @@ def take(model: Model | Graph, title: str = "") -> Snapshot:
         nodes.append(NodeView(node_key(n), n.name, _op_name(n), attrs,
                               [None if v is None else _port(v, cache) for v in n.inputs],
                               [_port(v, cache) for v in n.outputs],
-                              n.meta.get("provenance"), _scope(n)))
+                              n.meta.get("provenance"), _scope(n), _kernel(n)))
     params = sum(math.prod(v.shape) for v in g.initializers.values()
                  if v.shape is not None and v.dtype is not None and v.dtype.is_float)
     return Snapshot(title or g.name, nodes, int(params),

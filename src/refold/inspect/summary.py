@@ -42,3 +42,22 @@ def format_summary(s: dict[str, Any]) -> str:
     for op, n in s["ops"].items():
         lines.append(f"  {op:<{width}} {n:>6}")
     return "\n".join(lines)
+
+
+def format_kernels(rows: list[dict]) -> str:
+    """One line per fused block: its name, what it became (a TVM kernel with its schedule, torch
+    with the reason, or planned only) and its nodes."""
+    if not rows:
+        return "fused blocks: none"
+    built = [r for r in rows if r["status"] != "planned"]
+    head = (f"kernels: {sum(r['status'] == 'kernel' for r in rows)} of {len(rows)} blocks "
+            f"({sum(r['status'] == 'torch' for r in rows)} run in torch)" if built else
+            f"fused blocks: {len(rows)} (what `refold compile` builds, one kernel each)")
+    width = max(len(r["block"]) for r in rows)
+    lines = [head]
+    for r in rows:
+        what = {"kernel": "kernel", "torch": "torch ", "planned": ""}[r["status"]]
+        detail = f" [{r['detail']}]" if r["detail"] else ""
+        nodes = ", ".join(r["nodes"][:6]) + (f", ... ({len(r['nodes'])} nodes)" if len(r["nodes"]) > 6 else "")
+        lines.append(f"  {r['block']:<{width}}  {what}{' ' if what else ''}{nodes}{detail}")
+    return "\n".join(lines)

@@ -21,6 +21,11 @@
     if (cls) e.className = cls;
     return e;
   }
+  function hue(name) {  // a stable colour per kernel name
+    let x = 0;
+    for (const c of name) x = (x * 31 + c.charCodeAt(0)) >>> 0;
+    return "hsl(" + (x % 360) + ", 65%, 48%)";
+  }
   function shape(s) { return s === null || s === undefined ? "?" : "[" + s.join(", ") + "]"; }
 
   class Pane {
@@ -128,7 +133,7 @@
             status = G.changed ? "changed" : "same";
           } else {
             label = n.op;
-            sub = n.n || n.k;
+            sub = n.kn ? n.kn.block + " · " + (n.n || n.k) : n.n || n.k;
             status = n.st;
           }
           const w = Math.min(260, Math.max(70, 7 * Math.max(label.length, Math.min(sub.length, 34)) + 16));
@@ -164,6 +169,13 @@
         grp.dataset.id = id;
         if (b.node) grp.dataset.key = b.node.k;
         el("rect", { width: b.width, height: b.height, rx: 4 }, grp);
+        if (b.node && b.node.kn) {  // a stripe in the kernel's own colour; grey: the block runs in torch
+          const kn = b.node.kn;
+          grp.classList.add("in-" + kn.status);
+          grp.dataset.kernel = kn.block;
+          el("rect", { width: 5, height: b.height, rx: 2, class: "kstripe",
+            fill: kn.status === "torch" ? "#9aa1ad" : hue(kn.block) }, grp);
+        }
         el("text", { x: 8, y: 15, class: "op" }, grp).textContent = b.label;
         el("text", { x: 8, y: 30, class: "sub" }, grp).textContent = b.sub.length > 36 ? b.sub.slice(0, 35) + "…" : b.sub;
         grp.addEventListener("click", (ev) => { ev.stopPropagation(); this.clicked(id, b); });
@@ -257,6 +269,10 @@
     row("status", n.st + (other ? " (paired with " + other + ")" : ""));
     if (n.sc && n.sc.length) row("scope", n.sc.join("/"));
     if (n.pv) row("provenance", n.pv.rule + " from " + (n.pv.sources || []).join(", "));
+    if (n.kn) {
+      const what = { kernel: "TVM kernel", torch: "runs in torch", planned: "fused block (not built)" }[n.kn.status];
+      row("kernel", n.kn.block + " (" + n.kn.kind + "): " + what + (n.kn.detail ? ", " + n.kn.detail : ""));
+    }
     if (pane.index === 0 && DATA.removed_by && DATA.removed_by[n.k]) row("removed by", DATA.removed_by[n.k]);
     d.appendChild(dl);
     if (n.ch) {
@@ -296,6 +312,18 @@
       s.parameters_delta.toLocaleString()));
     const ops = Object.entries(s.ops_delta || {});
     if (ops.length) sum.appendChild(h("p", "ops: " + ops.map(([k, v]) => k + " " + v.a + "→" + v.b).join(", "), "muted"));
+  }
+  {  // kernels: how many blocks became one, and which run in torch
+    const blocks = new Map();
+    panes.forEach((p) => p.nodes.forEach((n) => { if (n.kn) blocks.set(n.kn.block, n.kn); }));
+    if (blocks.size) {
+      const all = [...blocks.values()];
+      const count = (st) => all.filter((k) => k.status === st).length;
+      const torch = all.filter((k) => k.status === "torch");
+      sum.appendChild(h("p", all.some((k) => k.status === "planned") ? blocks.size + " fused blocks (not built)"
+        : count("kernel") + " TVM kernels, " + torch.length + " blocks in torch" +
+          (torch.length ? ": " + torch.map((k) => k.block + " (" + k.detail + ")").join("; ") : "")));
+    }
   }
   // HAWQ's size / sensitivity frontier: every allocation not beaten on both, the chosen one in red
   function frontierPlot(points, chosen) {
