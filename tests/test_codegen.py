@@ -121,3 +121,22 @@ def test_cuda_source_and_cubin_for_every_block_type_without_a_gpu(tmp_path):
     assert {"conv_bias_act", "conv_bias", "linear", "norm", "elementwise", "dequant_matmul_quant"} <= set(rules)
     if nvcc_path() is not None:
         assert len(list(tmp_path.rglob("*.cubin"))) == len(rules)  # cached: a second build compiles nothing
+
+
+def test_distinct_unknown_dims_of_an_add_are_one_size_checked_on_every_call():
+    """onnx leaves the two operands' sizes as different unknowns; TVM cannot prove they broadcast,
+    so the kernel takes them as equal, and a call where they differ (a real broadcast) runs the
+    block's ops in torch instead."""
+    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "g",
+                          [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 4, "h1", "w1"]),
+                           helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 4, "h2", "w2"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    RaiseToCore().call(m)
+    (block,) = partition(m)
+    kernel = build_block(block)
+    assert kernel.equal == [(0, 2, 1, 2), (0, 3, 1, 3)]
+    a, b = torch.randn(2, 4, 5, 6), torch.randn(2, 4, 5, 6)
+    assert torch.equal(kernel(a, b), a + b)
+    b1 = torch.randn(2, 4, 1, 6)  # broadcast along h: not what the kernel was built for
+    assert torch.equal(kernel(a, b1), a + b1)

@@ -23,14 +23,11 @@ def kernel_cache(tmp_path, monkeypatch):
 
 
 def test_tiny_cnn_and_ppocr_cls_match_ort_and_the_second_compile_hits_the_cache(kernel_cache):
-    for src, shape, least in ((refold.example_path(), (1, 3, 32, 32), 5), (zoo.ppocr_path("cls"), (1, 3, 48, 192), 70)):
+    for src, shape, least in ((refold.example_path(), (1, 3, 32, 32), 5), (zoo.ppocr_path("cls"), (1, 3, 48, 192), 89)):
         fast = refold.compile(src)
-        assert fast.kernels >= least, fast.fallbacks
-        if src == refold.example_path():
-            assert not fast.fallbacks
-        # PP-OCR cls: residual adds of two tensors whose image sizes onnx left as distinct unknown
-        # dims cannot be proven to broadcast, so TVM refuses them: they run in torch, and say so
-        assert all("build failed" in why for why in fast.fallbacks.values())
+        # PP-OCR cls's residual adds read two tensors whose image sizes onnx left as distinct
+        # unknown dims: the kernel takes them as equal (checked per call), so they build too
+        assert fast.kernels >= least and not fast.fallbacks, fast.fallbacks
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         ref = next(iter(OrtRunner(onnx.load(src)).run({"x": x}).values()))
         got = fast(torch.from_numpy(x))

@@ -88,6 +88,7 @@ def _cached(tvm, block: Block, target: str, root: str, key: str, build) -> tuple
         kernel = Kernel(block, func, meta["out_shape"], meta["out_dtype"], dims, source or "", module, meta["func"])
         kernel.schedule, kernel.binary = meta.get("schedule", ""), binary or b""
         kernel.static = tuple(tuple(x) for x in meta["static"]) if meta.get("static") else None
+        kernel.equal = [tuple(e) for e in meta.get("equal", [])]
         kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
         return kernel, True
     kernel = build()
@@ -101,7 +102,8 @@ def _cached(tvm, block: Block, target: str, root: str, key: str, build) -> tuple
             _write(extra[1], kernel.binary)
     meta = {"func": kernel.func_name, "out_shape": kernel.out_shape, "out_dtype": kernel.out_dtype,
             "dims": {k: list(v) for k, v in kernel.dims.items()}, "block": block.name, "schedule": kernel.schedule,
-            "static": [list(x) for x in kernel.static] if kernel.static else None}
+            "static": [list(x) for x in kernel.static] if kernel.static else None,
+            "equal": [list(e) for e in kernel.equal]}
     _write(meta_path, json.dumps(meta).encode())  # last: its presence says the entry is whole
     kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
     return kernel, False

@@ -51,6 +51,7 @@ class Kernel:
         self.binary = b""  # the cubin a CUDA kernel carries ("" when the GPU compiles it at load)
         self.static: tuple | None = None  # a tuned kernel: the only input shapes it serves
         self.generic: Kernel | None = None  # ... and the kernel for every other shape
+        self.equal: list[tuple[int, int, int, int]] = []  # input dims the kernel takes as equal
         self.files: tuple[str, ...] = ()  # where the cache keeps it (library, metadata)
 
     def _shape_of(self, shapes: list[tuple]) -> list[int]:
@@ -70,6 +71,8 @@ class Kernel:
         if self.func is None:
             raise UnsupportedError(f"block {self.block.name}: its CUDA kernel runs on a GPU; this machine has none")
         args = [a.contiguous() for a in args]  # kernels take compact arrays
+        if any(args[i].shape[a] != args[j].shape[b] for i, a, j, b in self.equal):
+            return self.block.reference(args)  # sizes the kernel took as equal differ: the ops in torch
         if self.static is not None and tuple(tuple(a.shape) for a in args) != self.static:
             if self.generic is None:
                 raise UnsupportedError(f"block {self.block.name}: tuned for {self.static}, called with other shapes")
@@ -101,8 +104,10 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
         static = [tuple(shapes[v.name]) if shapes and v.name in shapes else v.shape for v in block.inputs]
     syms: dict[str, Any] = {}
     dims: dict[str, tuple[int, int]] = {}
+    equal: list[tuple[int, int, int, int]] = []  # (i, axis, j, axis) taken equal: checked per call
     params, names, infos = [], [], []
     env: dict[int, Any] = {}
+    alias = _broadcast_aliases(block) if static is None else {}
     for i, v in enumerate(block.inputs):
         shape = []
         for ax, d in enumerate(v.shape or ()):
@@ -114,9 +119,12 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
                 # unknown: a size of its own, except the leading (batch) axis, one for all inputs
                 named = isinstance(d, str) and d not in ("?", "")
                 d = d if named else ("batch" if ax == 0 else f"in{i}_{ax}")
+                d = alias.get(d, d)
                 if d not in syms:
                     syms[d] = tirx.Var(_ident(d), "int64")
                     dims[d] = (i, ax)
+                elif d in alias.values() and dims[d][0] != i:
+                    equal.append((*dims[d], i, ax))
                 shape.append(syms[d])
         if v.shape is None or v.dtype is None:
             raise UnsupportedError(f"block {block.name}: input '{v.name}' has no known type")
@@ -173,8 +181,26 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
     kernel = Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
     kernel.schedule = schedule
     kernel.static = tuple(tuple(s) for s in static) if static is not None else None
+    kernel.equal = equal
     kernel.binary = binary
     return kernel
+
+
+def _broadcast_aliases(block: Block) -> dict[str, str]:
+    """Unknown dims that meet at the same (right-aligned) axis of an elementwise op's operands,
+    each mapped to one name: TVM must prove two sizes broadcast, and distinct unknowns it cannot.
+    The kernel then takes them as equal and checks it on every call."""
+    import networkx as nx
+
+    g = nx.Graph()
+    for n in block.nodes:
+        if n.op not in ("add", "sub", "mul", "div") or len(n.inputs) != 2 or None in n.inputs:
+            continue
+        a, b = (u.shape or () for u in n.inputs)
+        for x, y in zip(reversed(a), reversed(b)):
+            if isinstance(x, str) and isinstance(y, str) and x not in ("?", "") and y not in ("?", "") and x != y:
+                g.add_edge(x, y)
+    return {d: min(part) for part in nx.connected_components(g) for d in part}
 
 
 def gpu_present() -> bool:
