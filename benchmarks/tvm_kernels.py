@@ -179,19 +179,25 @@ def untuned_table(args, cache: str) -> None:
               f"{km:>10.3f} {tm:>9.3f} {km / tm:>12.2f}" + ("" if hit2 and not hit else "  (cache not hit!)"))
 
 
-def tuned_table(args, cache: str) -> None:
-    """MetaSchedule-tuned vs untuned vs torch eager, at one ResNet and one GPT-2 shape."""
-    from refold.codegen import cached_build
-
-    c, hw, tokens, d = (16, 16, 8, 64) if args.quick else (64, 56, 128, 768)
+def _fused_cases(quick: bool):
+    """conv+bias+relu at a ResNet stage shape and linear+gelu at a GPT-2 MLP shape (small with
+    ``quick``): (label, shape, fn, input, block kind)."""
+    c, hw, tokens, d = (16, 16, 8, 64) if quick else (64, 56, 128, 768)
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(c, c, 3, padding=1)
     lin = torch.nn.Linear(d, 4 * d)
-    cases = [
+    return [
         ("conv+bias+relu", f"1x{c}x{hw}x{hw} 3x3 {c}->{c}", lambda x: F.relu(conv(x)), torch.randn(1, c, hw, hw),
          "conv_bias_act"),
         ("linear+gelu", f"1x{tokens}x{d} -> {4 * d}", lambda x: F.gelu(lin(x)), torch.randn(1, tokens, d), "linear_act"),
     ]
+
+
+def tuned_table(args, cache: str) -> None:
+    """MetaSchedule-tuned vs untuned vs torch eager, at one ResNet and one GPT-2 shape."""
+    from refold.codegen import cached_build
+
+    cases = _fused_cases(args.quick)
     print(f"\nMetaSchedule-tuned kernels, llvm (CPU, 1 thread: TVM_NUM_THREADS=1, torch.set_num_threads(1)); "
           f"{args.tune_trials} trials each; times interleaved, median of {args.iters}")
     print(f"{'block':<16} {'shape':<24} {'schedule':<26} {'tune s':>7} {'max err':>9} {'rel err':>9} "
@@ -362,15 +368,7 @@ def norms_table(args, cache: str, peak: float | None, copy_bw: float) -> None:
 
 
 def fused_table(args, cache: str) -> None:
-    c, hw, tokens, d = (16, 16, 8, 64) if args.quick else (64, 56, 128, 768)
-    torch.manual_seed(0)
-    conv = torch.nn.Conv2d(c, c, 3, padding=1)
-    lin = torch.nn.Linear(d, 4 * d)
-    cases = [
-        ("conv+bias+relu", f"1x{c}x{hw}x{hw} 3x3 {c}->{c}", lambda x: F.relu(conv(x)), torch.randn(1, c, hw, hw),
-         "conv_bias_act"),
-        ("linear+gelu", f"1x{tokens}x{d} -> {4 * d}", lambda x: F.gelu(lin(x)), torch.randn(1, tokens, d), "linear_act"),
-    ]
+    cases = _fused_cases(args.quick)
     print(f"\nFused kernels (dlight, fp32) vs torch eager of the same ops (fp32, TF32 off); goal >= "
           f"{GOAL_SPEEDUP:.1f}x (torch time / kernel time)")
     print(f"{'block':<16} {'shape':<24} {'rule':<10} {'max err':>8} {'rel err':>8} {'kernel us':>9} {'torch us':>9} "
