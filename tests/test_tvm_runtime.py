@@ -152,3 +152,26 @@ def test_show_marks_which_nodes_became_which_kernel(kernel_cache, tmp_path, caps
         assert f"{len(planned) - 1} TVM kernels, 1 blocks in torch" in driver.find_element("id", "summary").text
     finally:
         driver.quit()
+
+
+def test_compile_bad_input_and_unsafe_output_write_nothing(kernel_cache, tmp_path, capsys):
+    from refold import cli
+
+    png = tmp_path / "photo.onnx"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    out = tmp_path / "out.refold"
+    assert cli.main(["compile", str(png), "-o", str(out)]) != 0
+    assert not out.exists() and len(capsys.readouterr().err.strip().splitlines()) == 1
+    mine = tmp_path / "mine"  # a folder with someone's files is never replaced
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert cli.main(["compile", refold.example_path(), "-o", str(mine)]) == 6
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert cli.main(["compile", refold.example_path(), "-o", str(out)]) == 0
+    assert cli.main(["compile", refold.example_path(), "-o", str(out)]) == 0  # its own folder: replaced whole
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no staging left
+    (out / "plan.json").write_text("{not json")
+    capsys.readouterr()
+    assert cli.main(["show", str(out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plan.json" in err[0]

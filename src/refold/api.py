@@ -5,7 +5,7 @@ import os
 from typing import Any, Sequence
 
 import refold.frontends  # noqa: F401  (registers the ONNX and torch raisers)
-from refold.errors import UnsupportedError, UsageError
+from refold.errors import InvalidModelError, OutputError, UnsupportedError, UsageError
 from refold.ir.fileio import write_text_atomic  # noqa: F401  (re-exported)
 from refold.ir.graph import Model
 from refold.passes import Pass, PassManager, Report, get_pass
@@ -247,14 +247,11 @@ def kernel_map(src: Any) -> tuple[Model, list[dict]]:
     blocks as ``compile`` would partition it (nothing built). Each node in a block carries
     ``meta["kernel"]`` (block, kind, status, schedule or reason), which ``refold show`` and the
     HTML viewer display; the list has one row per block."""
-    import json
-
     from refold.lowering import partition
 
     plan_path = os.path.join(str(src), "plan.json") if isinstance(src, (str, os.PathLike)) else ""
     if plan_path and os.path.isfile(plan_path):
-        with open(plan_path, encoding="utf-8") as f:
-            plan = json.load(f)
+        plan = read_plan(str(src))
         m = _for_kernels(os.path.join(str(src), "model.onnx"), _plan_example(plan))
         rows = [{"block": b["block"], "kind": b["kind"], "nodes": b["nodes"],
                  "status": "kernel" if b["kernel"] else "torch",
@@ -276,11 +273,47 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
     """Write a compiled ONNX model to ``folder``: the model, its kernels (CPU libraries with what
     calling them needs; CUDA C sources for ``cuda``) and ``plan.json`` (each block: kind, nodes,
     kernel or why it falls back). ``load_compiled(folder)`` builds nothing."""
-    import json
     import shutil
+    import tempfile
 
     if compiled.source is None:
         raise UsageError("save_compiled: only a model compiled from an ONNX file can be saved")
+    parent = check_compiled_output(folder)
+    # written whole into a sibling, then swapped in: a failure leaves nothing at (or of) ``folder``
+    stage = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", dir=parent)
+    try:
+        summary = _write_compiled(compiled, stage)
+        old = None
+        if os.path.exists(folder):
+            old = tempfile.mkdtemp(prefix=".old.", dir=parent)
+            os.replace(folder, os.path.join(old, "x"))
+        os.replace(stage, folder)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise OutputError(f"cannot write '{folder}': {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return summary
+
+
+def check_compiled_output(folder: str) -> str:
+    """The parent of ``folder`` if ``save_compiled`` may write there: a new folder, or one it
+    wrote before (replaced whole); never a file or a folder holding anything else."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise OutputError(f"output '{folder}' exists and is not a folder")
+    if os.path.isdir(folder) and os.listdir(folder) and not os.path.isfile(os.path.join(folder, "plan.json")):
+        raise OutputError(f"output '{folder}' holds other files: give a new folder (or one `refold compile` wrote)")
+    parent = os.path.dirname(os.path.abspath(folder))
+    if not os.path.isdir(parent):
+        raise OutputError(f"output folder '{parent}' does not exist")
+    return parent
+
+
+def _write_compiled(compiled: CompiledModel, folder: str) -> dict:
+    import json
+    import shutil
+
     os.makedirs(os.path.join(folder, "kernels"), exist_ok=True)
     shutil.copyfile(resolve_path(str(compiled.source)), os.path.join(folder, "model.onnx"))
     plan = []
@@ -313,12 +346,27 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
 def load_compiled(folder: str) -> CompiledModel:
     """The model ``save_compiled`` wrote, its kernels loaded from ``folder`` (nothing built; CUDA
     kernels from their cubins, callable on a GPU machine)."""
-    import json
-
-    with open(os.path.join(folder, "plan.json"), encoding="utf-8") as f:
-        plan = json.load(f)
+    plan = read_plan(folder)
     return compile(os.path.join(folder, "model.onnx"), _plan_example(plan), target=plan["target"],
                    cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0))
+
+
+def read_plan(folder: str) -> dict:
+    """``folder``'s plan.json, or one clear error saying what is wrong with the folder."""
+    import json
+
+    path = os.path.join(folder, "plan.json")
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, "model.onnx")):
+        raise UsageError(f"'{folder}' is not a folder `refold compile` wrote (no plan.json / model.onnx)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            plan = json.load(f)
+        if not isinstance(plan, dict) or plan.get("target") not in ("llvm", "cuda") or \
+                not isinstance(plan.get("blocks"), list):
+            raise ValueError("no target / blocks")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidModelError(f"{path}: not a refold plan ({e})") from None
+    return plan
 
 
 def _plan_example(plan: dict):

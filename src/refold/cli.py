@@ -313,10 +313,9 @@ def cmd_report(args) -> int:
 
 def cmd_compile(args) -> int:
     from refold.api import compile as compile_model
-    from refold.api import resolve_path, save_compiled
+    from refold.api import check_compiled_output, resolve_path, save_compiled
 
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise errors.OutputError(f"output '{args.output}' exists and is not a folder")
+    check_compiled_output(args.output)  # before any build
     src = resolve_path(args.model)
     compiled = compile_model(src, target=args.target, tune_trials=args.tune_trials, dims=_dims(args.dim))
     summary = save_compiled(compiled, args.output)
