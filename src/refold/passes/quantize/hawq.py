@@ -86,13 +86,9 @@ def choose(front: list[tuple[float, float, dict[str, int]]], budget: float):
 
 def quantization_error(w: np.ndarray, bits: int, axis: int | None) -> float:
     """||Q_b(W) - W||^2 with symmetric per-channel (``axis``) or per-tensor b-bit rounding."""
-    from refold.passes.quantize.params import quantize_weight, weight_params
+    from refold.passes.quantize.params import rounded_weight
 
-    scale, _ = weight_params(w, axis, bits)
-    q = quantize_weight(w, scale, axis, bits).astype(np.float64)
-    s = scale if axis is None or scale.ndim == 0 else scale.reshape(
-        [-1 if i == axis % w.ndim else 1 for i in range(w.ndim)])
-    return float(((q * s - w.astype(np.float64)) ** 2).sum())
+    return float(((rounded_weight(w, axis, bits) - w.astype(np.float64)) ** 2).sum())
 
 
 def allocate_bits(model: Model, layers: dict[str, tuple], batches: list, choices: list[int], *,
@@ -140,7 +136,7 @@ def output_error(model: Model, layers: dict[str, tuple], bits: dict[str, int], b
     (activations in float): what an allocation costs, measured rather than estimated."""
     import torch
 
-    from refold.passes.quantize.params import quantize_weight, weight_params
+    from refold.passes.quantize.params import rounded_weight
     from refold.runtime.torch_runner import TorchRunner
 
     runner = TorchRunner(model, trainable=sorted({w.name for w, _ in layers.values()}))
@@ -150,12 +146,7 @@ def output_error(model: Model, layers: dict[str, tuple], bits: dict[str, int], b
     with torch.no_grad():
         refs = [runner.run(feeds)[out].clone() for feeds, _ in batches]
         for name, (w, axis) in layers.items():
-            arr = w.const.numpy()
-            scale, _ = weight_params(arr, axis, bits[name])
-            q = quantize_weight(arr, scale, axis, bits[name]).astype(np.float32)
-            s = scale if axis is None or scale.ndim == 0 else scale.reshape(
-                [-1 if i == axis % arr.ndim else 1 for i in range(arr.ndim)])
-            params[w.name].copy_(torch.from_numpy(q * s))
+            params[w.name].copy_(torch.from_numpy(rounded_weight(w.const.numpy(), axis, bits[name]).astype(np.float32)))
         for (feeds, _), ref in zip(batches, refs):
             err += float(((runner.run(feeds)[out] - ref) ** 2).sum())
     return err

@@ -55,9 +55,21 @@ def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None, bits: in
     TensorRT requires), as int8."""
     w = np.asarray(w, np.float32)
     qmax = 2 ** (bits - 1) - 1
-    s = scale if axis is None or scale.ndim == 0 else scale.reshape(
-        [-1 if i == axis % w.ndim else 1 for i in range(w.ndim)])
-    return np.clip(np.round(w / s), -qmax, qmax).astype(np.int8)
+    return np.clip(np.round(w / _along(scale, axis, w.ndim)), -qmax, qmax).astype(np.int8)
+
+
+def rounded_weight(w: np.ndarray, axis: int | None, bits: int = 8) -> np.ndarray:
+    """Q_b(W) back in float: what the weight becomes at ``bits`` (s * round(w / s), float64)."""
+    scale, _ = weight_params(w, axis, bits)
+    q = quantize_weight(w, scale, axis, bits).astype(np.float64)
+    return q * _along(scale, axis, np.ndim(w))
+
+
+def _along(scale: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    """A per-channel scale shaped to broadcast along ``axis`` of a rank-``ndim`` weight."""
+    if axis is None or scale.ndim == 0:
+        return scale
+    return scale.reshape([-1 if i == axis % ndim else 1 for i in range(ndim)])
 
 
 def quantize_bias(b: np.ndarray, x_scale: np.ndarray, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
