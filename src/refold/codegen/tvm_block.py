@@ -83,7 +83,13 @@ class Kernel:
         else:
             shape = [d if isinstance(d, int) else sizes[d] for d in self.out_shape]
         out = torch.empty(shape, dtype=getattr(torch, self.out_dtype), device=args[0].device)
-        self.func(*args, out)
+        if out.is_cuda:  # launch on torch's current stream, ordered with the torch ops around it
+            import tvm_ffi
+
+            with tvm_ffi.use_torch_stream():
+                self.func(*args, out)
+        else:
+            self.func(*args, out)
         return out
 
 
