@@ -105,8 +105,13 @@ def test_cuda_source_and_cubin_for_every_block_type_without_a_gpu(tmp_path):
     model, inputs = zoo.tiny_hf_model("gpt2")
     g = load(zoo.last_hidden(model).eval(), inputs)
     RaiseToCore().call(g)
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    qcnn = load(refold.optimize(example_path(), passes=[Quantize(data=data)])[0])
+    RaiseToCore().call(qcnn)
+    infer_shapes(qcnn)
     rules = {}
-    for mm in (m, g, _quantized_matmul()):
+    for mm in (m, g, _quantized_matmul(), qcnn):
         for block in partition(mm):
             if not block.outputs or block.kind in rules:
                 continue
@@ -117,8 +122,9 @@ def test_cuda_source_and_cubin_for_every_block_type_without_a_gpu(tmp_path):
             rules[block.kind] = kernel.schedule
     assert rules["conv_bias_act"] == "Matmul" and rules["norm"] in ("Reduction", "GeneralReduction")
     assert rules["elementwise"] == "Fallback" and rules["linear"] in ("Matmul", "GEMV")
-    assert rules["dequant_matmul_quant"] in ("Matmul", "GEMV")
-    assert {"conv_bias_act", "conv_bias", "linear", "norm", "elementwise", "dequant_matmul_quant"} <= set(rules)
+    assert rules["dequant_matmul_quant"] in ("Matmul", "GEMV") and rules["dequant_conv_quant"] == "Matmul"
+    assert {"conv_bias_act", "conv_bias", "linear", "norm", "elementwise", "dequant_matmul_quant",
+            "dequant_conv_quant"} <= set(rules)
     if nvcc_path() is not None:
         assert len(list(tmp_path.rglob("*.cubin"))) == len(rules)  # cached: a second build compiles nothing
 

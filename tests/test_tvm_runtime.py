@@ -175,3 +175,21 @@ def test_compile_bad_input_and_unsafe_output_write_nothing(kernel_cache, tmp_pat
     assert cli.main(["show", str(out)]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "plan.json" in err[0]
+
+
+def test_a_qdq_model_compiles_with_its_quantized_convs_as_one_kernel_each(kernel_cache, tmp_path):
+    from collections import Counter
+
+    from refold.passes import Quantize
+
+    rng = np.random.default_rng(0)
+    data = [{"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    proto, _ = refold.optimize(refold.example_path(), passes=[Quantize(data=data)])
+    path = tmp_path / "tiny_qdq.onnx"
+    onnx.save(proto, str(path))
+    fast = refold.compile(str(path))
+    kinds = Counter(p.block.kind for p in fast.runner.plan if p.kernel is not None)
+    assert kinds["dequant_conv_quant"] == 2 and not fast.fallbacks, (kinds, fast.fallbacks)  # Q(conv(DQ, DQ))
+    for x in (data[0]["x"], 3 * rng.standard_normal((1, 3, 32, 32)).astype(np.float32)):  # one past the range
+        ref = next(iter(OrtRunner(proto).run({"x": x}).values()))
+        assert np.abs(fast(torch.from_numpy(x)).numpy() - ref).max() < 1e-4

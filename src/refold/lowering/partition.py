@@ -9,7 +9,8 @@ left over grow into chains: an elementwise op joins the block of its single elem
     relu(conv(x, W, b))                  -> conv_bias_act
     gelu(linear(x, W, b))                -> linear_act
     layer_norm(x, g, b) / rms_norm(x, g) -> norm
-    Q(act(matmul(DQ(xq), DQ(wq))))       -> dequant_matmul_quant (the activation optional)
+    Q(act(matmul(DQ(xq), DQ(wq))))       -> dequant_matmul_quant (the activation optional; gemm too)
+    Q(act(conv(DQ(xq), DQ(wq), b)))      -> dequant_conv_quant (b: the int32 bias's DQ, or float)
     add(mul(x, s), t) ...                -> elementwise
 
 >>> blocks = partition(model)          # doctest: +SKIP
@@ -40,10 +41,13 @@ def _table():
     linear = op.core.linear(x, w, b, _name="anchor")
     gemm = op.core.gemm(x, w, b, _name="anchor")
     matmul = op.core.matmul(x, w, _name="anchor")
-    dq_matmul = op.core.matmul(op.core.dequantize_linear(xq, sx, zx), op.core.dequantize_linear(wq, sw, zw),
-                               _name="anchor")
-    table = [("dequant_matmul_quant", op.core.quantize_linear(a, sy, zy)) for a in _acts(dq_matmul)]
-    table.append(("dequant_matmul_quant", op.core.quantize_linear(dq_matmul, sy, zy)))
+    dx, dw = op.core.dequantize_linear(xq, sx, zx), op.core.dequantize_linear(wq, sw, zw)
+    table = []
+    for kind, anchor in (("dequant_matmul_quant", op.core.matmul(dx, dw, _name="anchor")),
+                         ("dequant_matmul_quant", op.core.gemm(dx, dw, b, _name="anchor")),
+                         ("dequant_conv_quant", op.core.conv(dx, dw, b, _name="anchor"))):
+        table += [(kind, op.core.quantize_linear(a, sy, zy)) for a in _acts(anchor)]
+        table.append((kind, op.core.quantize_linear(anchor, sy, zy)))
     for kind, anchor in (("conv", conv), ("linear", linear), ("linear", gemm), ("matmul", matmul)):
         table += [(f"{kind}_act" if kind != "conv" else "conv_bias_act", p) for p in _acts(anchor)]
         table.append((kind if kind != "conv" else "conv_bias", anchor))
