@@ -77,16 +77,21 @@ def _verify(block: Block, kernel, size: int, shapes: dict[str, tuple], device: s
             args.append(v.const.torch())
         elif v.dtype is not None and v.dtype.is_float:
             shape = shapes.get(v.name) or [d if isinstance(d, int) and d >= 0 else size for d in v.shape]
-            args.append(torch.randn(list(shape), generator=gen))
-        elif v.dtype is not None and v.dtype.numpy().kind in "iu":  # quantized: any level of its type
+            args.append(torch.randn(list(shape), generator=gen).to(v.dtype.torch()))
+        elif v.dtype is not None and v.dtype.numpy().kind in "iu":
+            # 8-bit (quantized levels): its whole range; wider integers (ids, positions): a byte's
             info = torch.iinfo(v.dtype.torch())
+            lo, hi = max(info.min, -128), min(info.max, 255 if info.min == 0 else 127)
             shape = shapes.get(v.name) or [d if isinstance(d, int) and d >= 0 else size for d in v.shape]
-            args.append(torch.randint(info.min, info.max + 1, list(shape), generator=gen, dtype=v.dtype.torch()))
+            args.append(torch.randint(lo, hi + 1, list(shape), generator=gen, dtype=v.dtype.torch()))
         else:
             return f"input '{v.name}' has no probe values ({v.dtype})"
     args = [a.to(device) for a in args]
     with torch.no_grad():
-        ref = block.reference(args)
+        try:
+            ref = block.reference(args)
+        except Exception as e:  # e.g. integer division by a probe zero: no check, no kernel
+            return f"the reference failed on probe inputs: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
         try:
             got = kernel(*args)
         except Exception as e:

@@ -193,17 +193,20 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
 
 
 def _broadcast_aliases(block: Block) -> dict[str, str]:
-    """Unknown dims that meet at the same (right-aligned) axis of an elementwise op's operands,
-    each mapped to one name: TVM must prove two sizes broadcast, and distinct unknowns it cannot.
+    """Unknown dims that meet at the same (right-aligned) axis of an elementwise op's operands
+    (or a matmul's batch axes, or its contraction), each mapped to one name: TVM must prove two sizes broadcast, and distinct unknowns it cannot.
     The kernel then takes them as equal and checks it on every call."""
     import networkx as nx
 
     g = nx.Graph()
     for n in block.nodes:
-        if n.op not in ("add", "sub", "mul", "div") or len(n.inputs) != 2 or None in n.inputs:
+        if n.op not in ("add", "sub", "mul", "div", "matmul") or len(n.inputs) != 2 or None in n.inputs:
             continue
-        a, b = (u.shape or () for u in n.inputs)
-        for x, y in zip(reversed(a), reversed(b)):
+        a, b = (tuple(u.shape or ()) for u in n.inputs)
+        pairs = list(zip(reversed(a), reversed(b)))
+        if n.op == "matmul":  # batch dims broadcast; a's columns meet b's rows
+            pairs = list(zip(reversed(a[:-2]), reversed(b[:-2]))) + ([(a[-1], b[-2])] if len(a) and len(b) > 1 else [])
+        for x, y in pairs:
             if isinstance(x, str) and isinstance(y, str) and x not in ("?", "") and y not in ("?", "") and x != y:
                 g.add_edge(x, y)
     return {d: min(part) for part in nx.connected_components(g) for d in part}
