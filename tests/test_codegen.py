@@ -146,3 +146,20 @@ def test_distinct_unknown_dims_of_an_add_are_one_size_checked_on_every_call():
     assert torch.equal(kernel(a, b), a + b)
     b1 = torch.randn(2, 4, 1, 6)  # broadcast along h: not what the kernel was built for
     assert torch.equal(kernel(a, b1), a + b1)
+
+
+def test_an_unknown_dim_that_meets_a_fixed_one_is_that_size_checked_on_every_call():
+    """x[n, t, c] * w[120], c unknown (PP-OCR rec's layer norm affine after a reshape): the
+    kernel takes c = 120; a call with c = 1 (a real broadcast) runs the ops in torch."""
+    w = numpy_helper.from_array(np.linspace(-1, 1, 120, dtype=np.float32), "w")
+    g = helper.make_graph([helper.make_node("Mul", ["x", "w"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t", "c"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    m = load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    RaiseToCore().call(m)
+    (block,) = partition(m)
+    kernel = build_block(block)
+    assert kernel.equal == [(0, 2, -1, 120)]
+    wt = torch.from_numpy(numpy_helper.to_array(w))
+    for x in (torch.randn(2, 5, 120), torch.randn(2, 5, 1)):
+        assert torch.equal(kernel(x, wt), x * wt)

@@ -23,7 +23,8 @@ def kernel_cache(tmp_path, monkeypatch):
 
 
 def test_tiny_cnn_and_ppocr_cls_match_ort_and_the_second_compile_hits_the_cache(kernel_cache):
-    for src, shape, least in ((refold.example_path(), (1, 3, 32, 32), 5), (zoo.ppocr_path("cls"), (1, 3, 48, 192), 89)):
+    for src, shape, least in ((refold.example_path(), (1, 3, 32, 32), 5), (zoo.ppocr_path("cls"), (1, 3, 48, 192), 89),
+                             (zoo.ppocr_path("rec"), (1, 3, 48, 160), 104)):
         fast = refold.compile(src)
         # PP-OCR cls's residual adds read two tensors whose image sizes onnx left as distinct
         # unknown dims: the kernel takes them as equal (checked per call), so they build too

@@ -51,7 +51,8 @@ class Kernel:
         self.binary = b""  # the cubin a CUDA kernel carries ("" when the GPU compiles it at load)
         self.static: tuple | None = None  # a tuned kernel: the only input shapes it serves
         self.generic: Kernel | None = None  # ... and the kernel for every other shape
-        self.equal: list[tuple[int, int, int, int]] = []  # input dims the kernel takes as equal
+        self.equal: list[tuple[int, int, int, int]] = []  # (i, a, j, b): input i's dim a equals input
+        # j's dim b (j = -1: equals b), as the kernel takes it
         self.files: tuple[str, ...] = ()  # where the cache keeps it (library, metadata)
 
     def _shape_of(self, shapes: list[tuple]) -> list[int]:
@@ -71,7 +72,7 @@ class Kernel:
         if self.func is None:
             raise UnsupportedError(f"block {self.block.name}: its CUDA kernel runs on a GPU; this machine has none")
         args = [a.contiguous() for a in args]  # kernels take compact arrays
-        if any(args[i].shape[a] != args[j].shape[b] for i, a, j, b in self.equal):
+        if any(args[i].shape[a] != (args[j].shape[b] if j >= 0 else b) for i, a, j, b in self.equal):
             return self.block.reference(args)  # sizes the kernel took as equal differ: the ops in torch
         if self.static is not None and tuple(tuple(a.shape) for a in args) != self.static:
             if self.generic is None:
@@ -126,6 +127,10 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
                 named = isinstance(d, str) and d not in ("?", "")
                 d = d if named else ("batch" if ax == 0 else f"in{i}_{ax}")
                 d = alias.get(d, d)
+                if isinstance(d, int):  # taken as the fixed size it meets: checked per call
+                    equal.append((i, ax, -1, d))
+                    shape.append(d)
+                    continue
                 if d not in syms:
                     syms[d] = tirx.Var(_ident(d), "int64")
                     dims[d] = (i, ax)
@@ -207,9 +212,22 @@ def _broadcast_aliases(block: Block) -> dict[str, str]:
         if n.op == "matmul":  # batch dims broadcast; a's columns meet b's rows
             pairs = list(zip(reversed(a[:-2]), reversed(b[:-2]))) + ([(a[-1], b[-2])] if len(a) and len(b) > 1 else [])
         for x, y in pairs:
-            if isinstance(x, str) and isinstance(y, str) and x not in ("?", "") and y not in ("?", "") and x != y:
+            if _named(x) and (_named(y) or (isinstance(y, int) and y > 1)) and x != y:
                 g.add_edge(x, y)
-    return {d: min(part) for part in nx.connected_components(g) for d in part}
+            elif _named(y) and isinstance(x, int) and x > 1:
+                g.add_edge(y, x)
+    out = {}
+    for part in nx.connected_components(g):
+        sizes = {d for d in part if isinstance(d, int)}
+        if len(sizes) > 1:
+            continue  # two different fixed sizes: nothing to assume, TVM decides
+        rep = sizes.pop() if sizes else min(part)  # an unknown that meets a fixed size is that size
+        out.update({d: rep for d in part if isinstance(d, str)})
+    return out
+
+
+def _named(d) -> bool:
+    return isinstance(d, str) and d not in ("?", "")
 
 
 def gpu_present() -> bool:
