@@ -206,3 +206,19 @@ def test_transformers_onnx_exports_compile_without_fallbacks(kernel_cache, hf_on
     x = np.random.default_rng(0).integers(0, 90, (1, 8)).astype(np.int64)
     ref = next(iter(OrtRunner(onnx.load(src)).run({"input": x}).values()))
     assert np.abs(fast(torch.from_numpy(x)).numpy() - ref).max() < 1e-4
+
+
+def test_a_block_whose_tuning_fails_keeps_its_untuned_kernel_and_says_why(kernel_cache, monkeypatch):
+    import refold.codegen.tune as tune
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no candidate built")
+
+    monkeypatch.setattr(tune, "tune", broken)
+    module, x = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()).eval(), torch.randn(2, 8)
+    fast = refold.compile(module, (x,), tune_trials=4)
+    (planned,) = fast.runner.plan
+    assert planned.kernel is not None and planned.kernel.static is None and not fast.fallbacks
+    assert "tuning failed: RuntimeError: no candidate built" in planned.kernel.schedule
+    with torch.no_grad():
+        assert torch.allclose(fast(x), module(x), atol=1e-6)

@@ -52,13 +52,17 @@ def cached_build(block: Block, target: str = "llvm", *, cache: bool = True, fold
     if tune_trials:
         generic, generic_hit = cached_build(block, target, cache=cache, folder=folder)
         static = [list(shapes.get(v.name, v.shape)) if shapes else list(v.shape) for v in block.inputs]
-        if not cache:
-            kernel = build_block(block, target, tune_trials=tune_trials, shapes=shapes)
-            kernel.generic = generic
-            return kernel, False
-        kernel, hit = _cached(tvm, block, target, root, block_key(block, target, f"{tune_trials}@{static}"),
-                              lambda: build_block(block, target, tune_trials=tune_trials, shapes=shapes,
-                                                  cubin_folder=os.path.join(root, "cubin")))
+        try:
+            if not cache:
+                kernel, hit = build_block(block, target, tune_trials=tune_trials, shapes=shapes), False
+            else:
+                kernel, hit = _cached(tvm, block, target, root, block_key(block, target, f"{tune_trials}@{static}"),
+                                      lambda: build_block(block, target, tune_trials=tune_trials, shapes=shapes,
+                                                          cubin_folder=os.path.join(root, "cubin")))
+        except Exception as e:  # tuning failed: the untuned kernel serves every size, and says why
+            generic.schedule = f"{generic.schedule or 'untuned'} (tuning failed: {type(e).__name__}: " \
+                               f"{str(e).splitlines()[0][:120] if str(e) else ''})"
+            return generic, generic_hit
         kernel.generic = generic
         return kernel, hit
     if not cache:
