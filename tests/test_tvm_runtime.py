@@ -222,3 +222,19 @@ def test_a_block_whose_tuning_fails_keeps_its_untuned_kernel_and_says_why(kernel
     assert "tuning failed: RuntimeError: no candidate built" in planned.kernel.schedule
     with torch.no_grad():
         assert torch.allclose(fast(x), module(x), atol=1e-6)
+
+
+def test_refold_compile_of_a_torch_program_keeps_it_as_pt2(kernel_cache, tmp_path):
+    from refold import cli
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 4)).eval()
+    x = torch.randn(3, 4)
+    path = tmp_path / "mlp.pt2"
+    torch.export.save(torch.export.export(module, (x,)), str(path))
+    out = tmp_path / "mlp.refold"
+    assert cli.main(["compile", str(path), "-o", str(out)]) == 0
+    assert (out / "model.pt2").exists() and not (out / "model.onnx").exists()
+    loaded = refold.load_compiled(str(out))
+    assert loaded.kernels == 2 and all(p.cached for p in loaded.runner.plan)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), module(x), atol=1e-5)

@@ -252,7 +252,7 @@ def kernel_map(src: Any) -> tuple[Model, list[dict]]:
     plan_path = os.path.join(str(src), "plan.json") if isinstance(src, (str, os.PathLike)) else ""
     if plan_path and os.path.isfile(plan_path):
         plan = read_plan(str(src))
-        m = _for_kernels(os.path.join(str(src), "model.onnx"), _plan_example(plan))
+        m = _for_kernels(os.path.join(str(src), plan["model"]), _plan_example(plan))
         rows = [{"block": b["block"], "kind": b["kind"], "nodes": b["nodes"],
                  "status": "kernel" if b["kernel"] else "torch",
                  "detail": (b.get("schedule") or "") if b["kernel"] else (b.get("fallback") or "")}
@@ -277,7 +277,7 @@ def save_compiled(compiled: CompiledModel, folder: str) -> dict:
     import tempfile
 
     if compiled.source is None:
-        raise UsageError("save_compiled: only a model compiled from an ONNX file can be saved")
+        raise UsageError("save_compiled: only a model compiled from a file (ONNX or .pt2) can be saved")
     parent = check_compiled_output(folder)
     # written whole into a sibling, then swapped in: a failure leaves nothing at (or of) ``folder``
     stage = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", dir=parent)
@@ -315,7 +315,9 @@ def _write_compiled(compiled: CompiledModel, folder: str) -> dict:
     import shutil
 
     os.makedirs(os.path.join(folder, "kernels"), exist_ok=True)
-    shutil.copyfile(resolve_path(str(compiled.source)), os.path.join(folder, "model.onnx"))
+    source = resolve_path(str(compiled.source))
+    name = "model.pt2" if source.endswith(".pt2") else "model.onnx"  # the model as given, in its own format
+    shutil.copyfile(source, os.path.join(folder, name))
     plan = []
     for p in compiled.runner.plan:
         entry = {"block": p.block.name, "kind": p.block.kind, "nodes": [n.name for n in p.block.nodes],
@@ -337,7 +339,7 @@ def _write_compiled(compiled: CompiledModel, folder: str) -> dict:
     example = compiled.runner.model.meta.get("torch.example_inputs")
     inputs = {k: [list(t.shape), str(t.dtype).replace("torch.", "")] for k, t in example.items()} \
         if isinstance(example, dict) else None  # the sizes checked and tuned at
-    summary = {"target": compiled.runner.target, "tune_trials": compiled.runner.tune_trials, "inputs": inputs,
+    summary = {"model": name, "target": compiled.runner.target, "tune_trials": compiled.runner.tune_trials, "inputs": inputs,
                "kernels": compiled.kernels, "blocks": plan}
     write_text_atomic(os.path.join(folder, "plan.json"), json.dumps(summary, indent=2))
     return summary
@@ -347,7 +349,7 @@ def load_compiled(folder: str) -> CompiledModel:
     """The model ``save_compiled`` wrote, its kernels loaded from ``folder`` (nothing built; CUDA
     kernels from their cubins, callable on a GPU machine)."""
     plan = read_plan(folder)
-    return compile(os.path.join(folder, "model.onnx"), _plan_example(plan), target=plan["target"],
+    return compile(os.path.join(folder, plan["model"]), _plan_example(plan), target=plan["target"],
                    cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0))
 
 
@@ -356,8 +358,8 @@ def read_plan(folder: str) -> dict:
     import json
 
     path = os.path.join(folder, "plan.json")
-    if not os.path.isfile(path) or not os.path.isfile(os.path.join(folder, "model.onnx")):
-        raise UsageError(f"'{folder}' is not a folder `refold compile` wrote (no plan.json / model.onnx)")
+    if not os.path.isfile(path):
+        raise UsageError(f"'{folder}' is not a folder `refold compile` wrote (no plan.json)")
     try:
         with open(path, encoding="utf-8") as f:
             plan = json.load(f)
@@ -366,6 +368,9 @@ def read_plan(folder: str) -> dict:
             raise ValueError("no target / blocks")
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidModelError(f"{path}: not a refold plan ({e})") from None
+    plan.setdefault("model", "model.onnx")
+    if plan["model"] not in ("model.onnx", "model.pt2") or not os.path.isfile(os.path.join(folder, plan["model"])):
+        raise UsageError(f"'{folder}' has no {plan['model']}: not a whole `refold compile` folder")
     return plan
 
 
