@@ -238,3 +238,32 @@ def test_refold_compile_of_a_torch_program_keeps_it_as_pt2(kernel_cache, tmp_pat
     assert loaded.kernels == 2 and all(p.cached for p in loaded.runner.plan)
     with torch.no_grad():
         assert torch.allclose(loaded(x), module(x), atol=1e-5)
+
+
+def test_select_fastest_leaves_out_a_kernel_slower_than_torch_and_says_so(kernel_cache, monkeypatch):
+    # the choice, not the clock: times come from a stand-in (speed is measured in benchmarks/)
+    import refold.codegen.plan as plan
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 4, 16, 16)
+    calls = []
+
+    def times(fns, device="cpu", runs=7):
+        calls.append(len(fns))
+        return [5e-3, 1e-3]  # kernel 5 ms, torch 1 ms
+
+    monkeypatch.setattr(plan, "median_times", times)
+    fast = refold.compile(module, (x,), select="fastest")
+    (planned,) = fast.runner.plan
+    assert calls == [2] and planned.kernel is None
+    assert planned.reason == "torch is faster here: kernel 5 ms, torch 1 ms"
+    with torch.no_grad():
+        assert torch.allclose(fast(x), module(x), atol=1e-5)
+    monkeypatch.setattr(plan, "median_times", lambda fns, device="cpu", runs=7: [1.05e-3, 1e-3])
+    assert refold.compile(module, (x,), select="fastest").kernels == 1  # within 10%: the kernel stays
+    monkeypatch.setattr(plan, "median_times", times)
+    assert refold.compile(module, (x,)).kernels == 1  # the default times nothing, keeps every kernel
+    assert calls == [2]
+    with pytest.raises(refold.RefoldError, match="select must be one of kernels, fastest"):
+        refold.compile(module, (x,), select="quickest")

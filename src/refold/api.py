@@ -191,13 +191,14 @@ class CompiledModel:
 
 def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cache: bool = True,
             sabotage: str | None = None, cache_dir: str | None = None, tune_trials: int = 0,
-            dims: dict[str, int] | None = None) -> CompiledModel:
+            dims: dict[str, int] | None = None, select: str = "kernels") -> CompiledModel:
     """A torch module or ONNX file as a callable that runs each fused block (conv+bias+act,
     linear+act, norms, elementwise chains; BatchNorm folded first) as one TVM kernel and the
     rest with torch. Kernels are cached on disk (``REFOLD_KERNEL_CACHE``). ``tune_trials``:
     each kernel tuned by MetaSchedule (that many measured candidates) at the example inputs'
     sizes (an ONNX file: ``example_inputs``, or its symbolic dims set by ``dims``); other sizes
-    run the untuned kernel.
+    run the untuned kernel. ``select="fastest"``: a kernel slower than its block's ops in torch
+    (timed at the example's sizes) is left out, and ``fallbacks`` gives both times.
 
     >>> fast = refold.compile("model.onnx")          # doctest: +SKIP
     >>> y = fast(torch.randn(1, 3, 224, 224))        # doctest: +SKIP
@@ -214,7 +215,7 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cac
     if tune_trials and target != "llvm" and not gpu_present():
         raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
     runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir,
-                       tune_trials=tune_trials)
+                       tune_trials=tune_trials, select=select)
     compiled = CompiledModel(runner, [v.name for v in m.graph.outputs])
     compiled.source = model if isinstance(model, (str, os.PathLike)) else None
     return compiled
@@ -339,7 +340,8 @@ def _write_compiled(compiled: CompiledModel, folder: str) -> dict:
     example = compiled.runner.model.meta.get("torch.example_inputs")
     inputs = {k: [list(t.shape), str(t.dtype).replace("torch.", "")] for k, t in example.items()} \
         if isinstance(example, dict) else None  # the sizes checked and tuned at
-    summary = {"model": name, "target": compiled.runner.target, "tune_trials": compiled.runner.tune_trials, "inputs": inputs,
+    summary = {"model": name, "target": compiled.runner.target, "tune_trials": compiled.runner.tune_trials,
+               "select": compiled.runner.select, "inputs": inputs,
                "kernels": compiled.kernels, "blocks": plan}
     write_text_atomic(os.path.join(folder, "plan.json"), json.dumps(summary, indent=2))
     return summary
@@ -350,7 +352,8 @@ def load_compiled(folder: str) -> CompiledModel:
     kernels from their cubins, callable on a GPU machine)."""
     plan = read_plan(folder)
     return compile(os.path.join(folder, plan["model"]), _plan_example(plan), target=plan["target"],
-                   cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0))
+                   cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0),
+                   select=plan.get("select", "kernels"))
 
 
 def read_plan(folder: str) -> dict:

@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="tune each kernel with MetaSchedule, N measured candidates (at the --dim sizes)")
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                    help="the size of a symbolic input dim to check and tune at (repeatable)")
+    c.add_argument("--select", choices=("kernels", "fastest"), default="kernels",
+                   help="fastest: leave out a kernel slower than its block's ops in torch (timed at the --dim sizes)")
     c.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -317,7 +319,8 @@ def cmd_compile(args) -> int:
 
     check_compiled_output(args.output)  # before any build
     src = resolve_path(args.model)
-    compiled = compile_model(src, target=args.target, tune_trials=args.tune_trials, dims=_dims(args.dim))
+    compiled = compile_model(src, target=args.target, tune_trials=args.tune_trials, dims=_dims(args.dim),
+                             select=args.select)
     summary = save_compiled(compiled, args.output)
     print(f"{src} -> {args.output}: {summary['kernels']} kernels ({args.target}), "
           f"{len(compiled.fallbacks)} blocks in torch")

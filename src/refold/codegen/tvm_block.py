@@ -13,6 +13,7 @@ every size.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from refold.codegen.cubin import compile_cubin, install_hook, nvcc_path
@@ -25,6 +26,9 @@ TVM_HINT = "TVM is not installed: pip install 'refold[tvm]'"
 
 def require_tvm():
     """``tvm``, or one clear error naming the extra to install."""
+    # kernels run between torch ops: TVM's workers sleep when a kernel ends instead of spinning,
+    # which on a small machine starves the torch threads that run next (set it to override)
+    os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
     try:
         import tvm
     except ImportError:

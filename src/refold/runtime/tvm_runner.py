@@ -19,7 +19,7 @@ class TvmRunner(TorchRunner):
     engine = "tvm"
 
     def __init__(self, model: Model, *, target: str = "llvm", cache: bool = True, sabotage: str | None = None,
-                 cache_folder: str | None = None, tune_trials: int = 0):
+                 cache_folder: str | None = None, tune_trials: int = 0, select: str = "kernels"):
         from refold.codegen.plan import build_plan
         from refold.codegen.tvm_block import gpu_present
 
@@ -28,8 +28,8 @@ class TvmRunner(TorchRunner):
         self._final, self._inside = {}, set()
         self.target = target
         self.plan = build_plan(model, target, cache=cache, shapes=example_shapes(model), sabotage=sabotage,
-                               cache_folder=cache_folder, tune_trials=tune_trials)
-        self.tune_trials = tune_trials
+                               cache_folder=cache_folder, tune_trials=tune_trials, select=select)
+        self.tune_trials, self.select = tune_trials, select
         for p in self.plan:
             if p.kernel is None:
                 continue
