@@ -4,6 +4,7 @@ this machine's CPU (llvm), and the GPU table (``--target cuda``) on a machine wi
     python benchmarks/tvm_kernels.py [--iters 20] [--quick]            # untuned, CPU
     python benchmarks/tvm_kernels.py --iters 10 --tune-trials 64        # + tuned, CPU (minutes)
     python benchmarks/tvm_kernels.py --target cuda [--iters 20]         # GPU table (needs a GPU)
+    python benchmarks/tvm_kernels.py --quick --iters 5 --e2e            # + end to end on CPU
 
 ``--quick`` takes small shapes (and, on a GPU, small models) so the whole script smoke-runs fast
 (seconds; about a minute with ``--tune-trials 8``); its numbers say nothing about speed. The 64-trial
@@ -458,7 +459,7 @@ def _models(quick: bool):
             ("ResNet-50", f"1x3x{size}x{size}", resnet.eval(), torch.randn(1, 3, size, size))]
 
 
-def e2e_table(args, cache: str, target: str = "cuda", device: str = "cuda") -> None:
+def e2e_table(args, cache: str, target: str = "cuda", device: str = "cuda", select: str = "kernels") -> None:
     import refold
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -477,7 +478,8 @@ def e2e_table(args, cache: str, target: str = "cuda", device: str = "cuda") -> N
         return statistics.median(times) * 1e3
 
     print(f"\nEnd to end, fp32 (TF32 off), median of {args.iters} calls after warm-up: refold.compile(target="
-          f"'{target}') vs torch eager vs torch.compile (ratios: other / refold, > 1 means refold is faster)")
+          f"'{target}', select='{select}') vs torch eager vs torch.compile (ratios: other / refold, > 1 means "
+          f"refold is faster)")
     print(f"{'model':<26} {'input':<14} {'kernels':>7} {'fallbacks':>9} {'compile s':>9} {'max err':>8} "
           f"{'refold ms':>9} {'eager ms':>8} {'t.compile ms':>12} {'eager/refold':>12} {'t.compile/refold':>16}")
     reasons = []
@@ -485,7 +487,7 @@ def e2e_table(args, cache: str, target: str = "cuda", device: str = "cuda") -> N
         row = f"{name:<26} {what:<14}"
         try:
             t = time.perf_counter()
-            fast = refold.compile(model, (x,), target=target, cache_dir=cache)
+            fast = refold.compile(model, (x,), target=target, cache_dir=cache, select=select)
             compile_s = time.perf_counter() - t
             eager = copy.deepcopy(model).to(device).eval()
             xd = x.to(device)
@@ -554,6 +556,8 @@ def main() -> int:
                     help="also the MetaSchedule-tuned table (CPU), N measured candidates per kernel (e.g. 64)")
     ap.add_argument("--target", choices=("llvm", "cuda"), default="llvm",
                     help="llvm: the CPU tables; cuda: the GPU table (needs an NVIDIA GPU)")
+    ap.add_argument("--e2e", action="store_true", help="CPU: also the end-to-end table (GPT-2-small, ResNet-50), "
+                    "with every kernel and with select='fastest'")
     args = ap.parse_args()
     if args.target == "cuda":
         return cuda_main(args)
@@ -565,6 +569,10 @@ def main() -> int:
     if args.tune_trials:
         with tempfile.TemporaryDirectory(prefix="refold-tuned-") as fresh:  # nothing built before
             tuned_table(args, fresh)
+    if args.e2e:
+        with tempfile.TemporaryDirectory(prefix="refold-kernels-") as cache:
+            for select in ("kernels", "fastest"):
+                e2e_table(args, cache, target="llvm", device="cpu", select=select)
     return 0
 
 
