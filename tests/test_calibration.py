@@ -8,7 +8,7 @@ import pytest
 import refold
 import zoo
 from refold.errors import UsageError
-from refold.passes.quantize.calibration import Calibrator, TensorStats
+from refold.passes.quantize.calibration import Calibrator, TensorStats, _quantized
 from refold.runtime.ort import OrtRunner
 
 
@@ -49,6 +49,13 @@ def test_streamed_statistics_equal_one_shot_and_merge_is_associative():
     left.merge(right)
     assert left.count == one.count and left.range("minmax") == one.range("minmax")
     assert left.hist.sum() == one.hist.sum()
+    extra = np.array([0.0, -0.0, -1.5, 0.0, 2.0], np.float32)  # -0.0 is a zero, not a negative
+    for s in (one, streamed, left):
+        s.update(extra)
+    allx = np.concatenate([x.reshape(-1) for x in xs] + [extra])
+    for s in (one, streamed, left):  # the signed split the entropy search reads streams and merges too
+        assert s.neg.sum() == np.count_nonzero(allx < 0) and np.all(s.neg <= s.hist)
+    assert left.zeros == one.zeros == streamed.zeros == np.count_nonzero(allx == 0)
 
 
 def test_clipping_methods_clip_heavy_tails_and_keep_light_ones():
@@ -67,6 +74,68 @@ def test_clipping_methods_clip_heavy_tails_and_keep_light_ones():
     lap.update(rng.laplace(size=200_000))
     assert lap.range("mse")[1] < 0.95 * lap.amax and lap.range("entropy")[1] < 0.8 * lap.amax
     assert 3.0 < gauss.range("entropy")[1] < 4.6
+
+
+def _clipped(x, lo_hi):
+    lo, hi = lo_hi
+    return float(np.mean((x < lo) | (x > hi)))
+
+
+def test_entropy_does_not_clip_to_buy_resolution_for_exact_zeros():
+    # Exact zeros (ReLU, a hard gate) are one code on every grid. TensorRT's Q spreads them over the
+    # first cell: a phantom loss z * log(bins per cell) growing with t, which the search paid for
+    # by clipping: a ReLU'd Gaussian at 1.4-1.8 sigma (4-8% of the values clipped)
+    for seed in range(3):
+        relu = np.maximum(np.random.default_rng(seed).standard_normal(400_000), 0).astype(np.float32)
+        s = TensorStats()
+        s.update(relu)
+        lo, hi = s.range("entropy", levels=255)
+        assert lo == 0.0 and 3.0 < hi <= s.amax and _clipped(relu, (lo, hi)) < 2e-3, (seed, hi)
+
+
+def test_entropy_keeps_the_tail_of_a_gated_signed_tensor():
+    # Shaped like PP-OCRv4 rec's p2o.Mul.141 (a HardSwish output times a squeeze-excitation gate,
+    # min -0.92, max 2.68): 16% exact zeros, a narrow signed core, and ~1% of the values in two
+    # clusters at 1.0 and 2.5 that carry the signal. The old search clipped at 0.3 (the
+    # clusters, 1.2% of the values, onto t). It is rec's only tensor with exact zeros: leaving
+    # them out of the KL moves only its range and is worth 8 dB of output SQNR (-0.7 -> 7.4).
+    rng = np.random.default_rng(0)
+    n = 400_000
+    x = np.concatenate([np.zeros(int(n * 0.16)), rng.laplace(0, 0.05, int(n * 0.83)),
+                        rng.normal(1.0, 0.03, int(n * 0.006)), rng.normal(2.5, 0.05, int(n * 0.004))])
+    x = rng.permutation(x).astype(np.float32)
+    cal = Calibrator(["t"])
+    for part in np.array_split(x, 8):
+        cal.update(0, {"t": part})
+    lo, hi = cal.ranges("entropy")["t"]  # uint8 asymmetric: the search runs on its signed grid
+    assert hi > 2.4 and _clipped(x, (lo, hi)) < 1e-3, (lo, hi)
+
+
+def test_entropy_does_not_collapse_onto_a_stray_value():
+    # Values far from 0 (softmax of a near-uniform attention: all ~1/64) with a stray one below:
+    # at the candidate whose last bin holds only the stray, P (the bulk clipped onto it) and Q are
+    # the same single bin, KL = 0, and the old search clipped every value (BERT's layer-0 softmax
+    # at 512 samples: [0.0117, 0.0117], output SQNR 41.9 dB instead of 52)
+    rng = np.random.default_rng(0)
+    for stray_bin in (261, 268):
+        x = np.concatenate([rng.uniform(0.5, 1.0, 100_000), [1.0, (stray_bin + 0.5) / 2048]]).astype(np.float32)
+        s = TensorStats()
+        s.update(x)
+        for kw in ({"levels": 255}, {"levels": 255, "span_levels": 255}):
+            lo, hi = s.range("entropy", **kw)
+            assert hi > 0.9 and _clipped(x, (lo, hi)) < 0.05, (stray_bin, kw, lo, hi)
+
+
+def test_quantized_cells_have_equal_width():
+    # n // levels source bins a cell with the remainder in the last (TensorRT's) keeps, for
+    # levels <= n < 2 * levels, all cells but one a single bin: Q = P there, rounding is invisible
+    # and the search stopped just under 2 * levels bins (rec: 251, 252, 253 at 127 levels)
+    p = np.linspace(2.0, 1.0, 250)
+    q = _quantized(p, 127)
+    assert np.isclose(q.sum(), p.sum())
+    assert np.count_nonzero(~np.isclose(q, p)) >= 240  # 123 cells of 2 bins, 4 of 1
+    q = _quantized(np.linspace(3.0, 1.0, 1000), 127)  # 7.87 bins a cell: 7 or 8, never 111
+    assert max(np.diff(np.nonzero(np.diff(q))[0])) <= 8
 
 
 def test_memory_is_constant_in_the_number_of_batches():

@@ -1,15 +1,17 @@
 """Calibration statistics that stream: each batch updates them, nothing else is kept.
 
 A ``TensorStats`` holds, for one tensor, its running min / max and a histogram whose range widens
-as batches arrive (counts re-binned into the wider range), so peak memory is a few kB per tensor
-whatever the number of samples or their shapes (sequence length and batch may vary).
+as batches arrive (counts re-binned into the wider range), so peak memory is a fixed 32 kB per
+tensor (two 2048-bin histograms) whatever the number of samples or their shapes (sequence length
+and batch may vary).
 
 The range a quantizer uses comes from one of four methods:
 
 - ``minmax``: the observed extremes.
 - ``percentile``: the value below which ``percentile`` % of |x| lies (99.999 by default).
-- ``entropy``: TensorRT's KL-divergence threshold: the clip point whose 128-level quantized
-  histogram loses least information relative to the observed one.
+- ``entropy``: TensorRT's KL-divergence threshold: the clip point whose quantized histogram
+  loses least information relative to the observed one (on the quantizer's real grid: signed
+  for an asymmetric type; exact zeros, which every grid holds, excluded).
 - ``mse``: the clip point minimising the expected squared error (clipping plus rounding).
 
 >>> s = TensorStats()
@@ -36,41 +38,56 @@ class TensorStats:
     """Streaming statistics of one tensor: extremes and a widening histogram of |x|.
 
     The histogram covers [0, edge); a batch with a larger magnitude widens it by a power of two
-    (adjacent bins merge, so existing counts move exactly, without interpolation).
+    (adjacent bins merge, so existing counts move exactly, without interpolation). ``neg`` is the
+    part of it that came from negative values and ``zeros`` the number of exact zeros, so the
+    entropy search can see the signed distribution an asymmetric quantizer spans.
     """
 
-    __slots__ = ("min", "max", "count", "hist", "edge", "bins")
+    __slots__ = ("min", "max", "count", "hist", "neg", "zeros", "edge", "bins")
 
     def __init__(self, bins: int = BINS):
         self.min = math.inf
         self.max = -math.inf
         self.count = 0
+        self.zeros = 0
         self.bins = bins
         self.hist = np.zeros(bins, np.int64)
+        self.neg = np.zeros(bins, np.int64)  # counts of hist from x < 0 (same bins)
         self.edge = 0.0  # upper end of the histogram range; 0 until a non-zero value arrives
 
     def update(self, x) -> None:
         a = np.asarray(x, dtype=np.float32).reshape(-1)
         if a.size == 0:
             return
-        finite = a[np.isfinite(a)]
-        if finite.size == 0:
-            return
-        self.min = min(self.min, float(finite.min()))
-        self.max = max(self.max, float(finite.max()))
-        self.count += int(finite.size)
-        mag = np.abs(finite)
-        top = float(mag.max())
+        lo, hi = float(a.min()), float(a.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # a NaN or an inf: keep the finite values
+            a = a[np.isfinite(a)]
+            if a.size == 0:
+                return
+            lo, hi = float(a.min()), float(a.max())
+        self.min = min(self.min, lo)
+        self.max = max(self.max, hi)
+        self.count += int(a.size)
+        self.zeros += int(np.count_nonzero(a == 0))
+        top = max(-lo, hi)
         if top > 0:
             if self.edge == 0.0:
                 self.edge = top * (1 + 1e-6)
             while top >= self.edge:  # widen by 2: pairs of bins merge into the lower half
-                merged = self.hist.reshape(-1, 2).sum(axis=1)
-                self.hist = np.concatenate([merged, np.zeros(self.bins - merged.size, np.int64)])
+                self.hist, self.neg = _widened(self.hist), _widened(self.neg)
                 self.edge *= 2
-        idx = np.minimum((mag / self.edge * self.bins).astype(np.int64), self.bins - 1) if self.edge else \
-            np.zeros(mag.size, np.int64)
-        self.hist += np.bincount(idx, minlength=self.bins)
+        if not self.edge:
+            self.hist[0] += a.size
+            return
+        idx = (np.abs(a) / self.edge * self.bins).astype(np.int64)
+        np.minimum(idx, self.bins - 1, out=idx)
+        if lo < 0:  # negative values count in bins + |x| bin: one bincount gives both sides
+            idx += (a < 0) * self.bins
+            both = np.bincount(idx, minlength=2 * self.bins)
+            self.hist += both[:self.bins] + both[self.bins:]
+            self.neg += both[self.bins:]
+        else:
+            self.hist += np.bincount(idx, minlength=self.bins)
 
     def merge(self, other: "TensorStats") -> None:
         """Fold another tensor's statistics into these (e.g. from a second worker)."""
@@ -78,16 +95,17 @@ class TensorStats:
             return
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
         self.count += other.count
+        self.zeros += other.zeros
         a, b = self, other
         if b.edge > a.edge:
-            a.hist, b_hist, a.edge, b_edge = b.hist.copy(), a.hist, b.edge, a.edge
+            a.hist, a.neg, b_hist, b_neg, a.edge, b_edge = b.hist.copy(), b.neg.copy(), a.hist, a.neg, b.edge, a.edge
         else:
-            b_hist, b_edge = b.hist, b.edge
+            b_hist, b_neg, b_edge = b.hist, b.neg, b.edge
         while b_edge and b_edge < a.edge:  # widen the narrower one to the same edge
-            merged = b_hist.reshape(-1, 2).sum(axis=1)
-            b_hist = np.concatenate([merged, np.zeros(self.bins - merged.size, np.int64)])
+            b_hist, b_neg = _widened(b_hist), _widened(b_neg)
             b_edge *= 2
         a.hist = a.hist + b_hist
+        a.neg = a.neg + b_neg
 
     @property
     def sparse(self) -> bool:
@@ -98,9 +116,12 @@ class TensorStats:
     def amax(self) -> float:
         return max(abs(self.min), abs(self.max)) if self.count else 0.0
 
-    def range(self, method: str = "minmax", *, percentile: float = 99.999, levels: int = 127) -> tuple[float, float]:
+    def range(self, method: str = "minmax", *, percentile: float = 99.999, levels: int = 127,
+              span_levels: int | None = None) -> tuple[float, float]:
         """(lo, hi) to quantize with. ``minmax`` keeps the observed extremes; the others give a
-        clip threshold t and return (max(min, -t), min(max, t))."""
+        clip threshold t and return (max(min, -t), min(max, t)). ``levels``: quantization steps
+        over [0, t]; ``span_levels``: for an asymmetric quantizer, the steps spanning [lo, hi]
+        (the entropy search then works on that grid)."""
         if self.count == 0:
             return 0.0, 0.0
         if method == "minmax" or (method in METHODS and self.sparse):
@@ -108,7 +129,7 @@ class TensorStats:
         if method == "percentile":
             t = self._percentile(percentile)
         elif method == "entropy":
-            t = self._entropy(levels)
+            t = self._entropy(levels, span_levels)
         elif method == "mse":
             t = self._mse(levels)
         else:
@@ -125,25 +146,50 @@ class TensorStats:
         i = int(np.searchsorted(cdf, cdf[-1] * p / 100.0))
         return min(self.amax, (i + 1) * self._width())
 
-    def _entropy(self, levels: int) -> float:
-        """TensorRT's threshold search: minimise KL(P || Q) over clip points (bin indices)."""
-        hist = self.hist.astype(np.float64)
-        nonzero = np.nonzero(hist)[0]
-        if nonzero.size == 0:
+    def _entropy(self, levels: int, span_levels: int | None = None) -> float:
+        """TensorRT's threshold search: the clip point t minimising KL(P || Q), P the histogram
+        clipped to t (outliers into its end bins), Q that merged into the quantizer's cells and
+        spread back over their non-zero bins.
+
+        Symmetric (``span_levels`` None): |x| folded, ``levels`` cells over [0, t]. Asymmetric: the
+        signed histogram over [max(min, -t), min(max, t)], ``span_levels`` cells across it, as the
+        zero point places them (folding would put a cliff at |min| inside the cells and count a
+        nearly one-sided tensor's 255 steps as 127).
+        """
+        w = self._width()
+        neg = self.neg.astype(np.float64)
+        pos = (self.hist - self.neg).astype(np.float64)
+        # KL = sum over cells of mass * (log non-zero bins - entropy inside): z exact zeros (ReLU, a
+        # gate) add z * log(bins a cell), rising with t, yet zero is on every grid: they lose nothing
+        pos[0] -= self.zeros
+        if span_levels is None:
+            pos, neg, cells = pos + neg, np.zeros(0), levels
+        else:
+            cells = span_levels
+        n_pos, n_neg = _extent(pos), _extent(neg)
+        last = max(n_pos, n_neg)
+        t = np.arange(1, last + 1)  # candidate t (in bins): [lo, hi] spans below + above bins
+        below, above = np.minimum(t, n_neg), np.minimum(t, n_pos)
+        kept = np.concatenate([[0.0], np.cumsum(neg)])[below] + np.concatenate([[0.0], np.cumsum(pos)])[above]
+        # a candidate needs a bin per cell (else the histogram cannot see rounding) and must keep
+        # most values: with the bulk clipped onto t, P and Q are both ~one bin and KL ~ 0 whatever
+        # t (a degenerate minimum: BERT's softmax outputs, all far from 0, collapsed to their min)
+        ok = np.nonzero((below + above > cells) & (kept > (pos.sum() + neg.sum()) / 2))[0]
+        if ok.size == 0:
             return self.amax
-        last = int(nonzero[-1]) + 1
-        if last <= levels:
-            return min(self.amax, last * self._width())
+        start = int(t[ok[0]])
         best_i, best_kl = last, math.inf
-        step = max(1, (last - levels) // 256)  # at most ~256 candidates
-        for i in [*range(levels, last, step), last]:  # the full range is always a candidate
-            p = hist[:i].copy()
-            p[i - 1] += hist[i:].sum()  # outliers clipped into the last bin
-            q = _quantized(hist[:i], levels)
-            kl = _kl(p, q)
-            if kl < best_kl:
+        step = max(1, (last - start) // 256)  # at most ~256 candidates
+        for i in [*range(start, last, step), last]:  # the full range is always a candidate
+            j, k = min(i, n_neg), min(i, n_pos)
+            clipped = np.concatenate([neg[:j][::-1], pos[:k]])
+            p = clipped.copy()
+            p[0] += neg[j:].sum()  # outliers clipped into the end bins
+            p[-1] += pos[k:].sum()
+            kl = _kl(p, _quantized(clipped, cells))
+            if kl <= best_kl:  # a tie keeps the wider range: no more information lost, less clipped
                 best_kl, best_i = kl, i
-        return min(self.amax, best_i * self._width())
+        return min(self.amax, best_i * w)
 
     def _mse(self, levels: int) -> float:
         """The clip threshold t minimising E[(x - q(x))^2]: clipping error of |x| > t plus the
@@ -167,22 +213,34 @@ class TensorStats:
         return min(self.amax, best_t)
 
     def nbytes(self) -> int:
-        return self.hist.nbytes + 64
+        return self.hist.nbytes + self.neg.nbytes + 64
+
+
+def _widened(hist: np.ndarray) -> np.ndarray:
+    """A histogram over twice the range: pairs of bins merge into the lower half."""
+    merged = hist.reshape(-1, 2).sum(axis=1)
+    return np.concatenate([merged, np.zeros(hist.size - merged.size, hist.dtype)])
+
+
+def _extent(hist: np.ndarray) -> int:
+    """Bins up to and including the last non-zero one."""
+    nonzero = np.nonzero(hist > 0)[0]
+    return int(nonzero[-1]) + 1 if nonzero.size else 0
 
 
 def _quantized(p: np.ndarray, levels: int) -> np.ndarray:
-    """P squeezed into ``levels`` bins (``len(p) // levels`` source bins each, the remainder in the
-    last, as TensorRT does) and spread back evenly over the non-zero source bins of each."""
+    """P squeezed into ``levels`` cells of equal width (source bin j in cell floor(j * levels / n),
+    as NVIDIA's pytorch-quantization does) and spread back evenly over the non-zero source bins of
+    each. Not TensorRT's n // levels bins a cell with the remainder in the last: below 2 * levels
+    bins that keeps all cells but one a single bin, so Q = P, the KL is blind to rounding and the
+    search lands just under a multiple of ``levels`` (PP-OCRv4 rec at 127: 251, 252, 253, 379)."""
     n = p.size
-    width = n // levels
-    starts = np.arange(levels) * width
-    lengths = np.full(levels, width)
-    lengths[-1] = n - starts[-1]
-    sums = np.add.reduceat(p, starts)
+    cell = np.arange(n) * levels // n
     nonzero = p != 0
-    counts = np.add.reduceat(nonzero.astype(np.int64), starts)
+    sums = np.bincount(cell, p, levels)
+    counts = np.bincount(cell, nonzero, levels)
     per_bin = np.divide(sums, counts, out=np.zeros(levels), where=counts > 0)
-    return np.repeat(per_bin, lengths) * nonzero
+    return per_bin[cell] * nonzero
 
 
 def _smooth(d: np.ndarray, eps: float = 1e-4) -> np.ndarray | None:
@@ -234,11 +292,14 @@ class Calibrator:
                **kwargs) -> dict[str, tuple[float, float]]:
         """Ranges per tensor. Clip points are searched with the number of levels the quantized
         type gives the tensor's side(s): a non-negative tensor (after ReLU) in an unsigned type
-        has 255, a signed one 127 per side."""
+        has 255, a signed one 127 per side. A type with more unsigned levels than a signed side
+        has is asymmetric (uint8 with a zero point): its ``unsigned_levels`` steps span [lo, hi]
+        whatever the sign, the grid the entropy search then uses."""
         if method not in METHODS:
             raise UsageError(f"calibration method '{method}': choose one of {', '.join(METHODS)}")
-        return {n: s.range(method, levels=unsigned_levels if s.min >= 0 else signed_levels, **kwargs)
-                for n, s in self.stats.items()}
+        span = unsigned_levels if unsigned_levels > signed_levels else None
+        return {n: s.range(method, levels=unsigned_levels if s.min >= 0 else signed_levels, span_levels=span,
+                           **kwargs) for n, s in self.stats.items()}
 
     def sparse(self) -> list[str]:
         """Tensors with too few values for a histogram method: they were given min / max."""
