@@ -73,6 +73,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 sys.path.insert(0, HERE)  # benchmarks/models.py
 
+from refold.errors import one_line  # noqa: E402
+
 F = torch.nn.functional
 
 # HBM peak, bytes/s, by device name (upper-cased): the first row whose words are all in the name
@@ -355,7 +357,7 @@ def norms_table(args, cache: str, peak: float | None, copy_bw: float) -> None:
                 kt, tt = _gpu_interleaved([lambda: kernel(*ins), lambda: block.reference(ins)], args.iters, calls)
                 kd, td = _device_seconds(lambda: kernel(*ins)), _device_seconds(lambda: block.reference(ins))
             except Exception as e:
-                print(f"{label} failed: {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
+                print(f"{label} failed: {one_line(e, 150)}")
                 continue
             bw = nbytes / kt
             dbw = nbytes / kd if kd else None
@@ -388,7 +390,7 @@ def fused_table(args, cache: str) -> None:
             kt, tt = _gpu_interleaved([lambda: kernel(*ins), lambda: block.reference(ins)], args.iters, 50)
             kd, td = _device_seconds(lambda: kernel(*ins)), _device_seconds(lambda: block.reference(ins))
         except Exception as e:
-            print(f"{row} failed: {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
+            print(f"{row} failed: {one_line(e, 150)}")
             continue
         dsp = td / kd if kd and td else None
         judged = dsp if dsp is not None else tt / kt
@@ -497,7 +499,7 @@ def e2e_table(args, cache: str, target: str = "cuda", device: str = "cuda", sele
             rt = median_ms(lambda: fast(xd), args.iters)
             et = median_ms(lambda: eager(xd), args.iters)
         except Exception as e:
-            print(f"{row} failed: {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
+            print(f"{row} failed: {one_line(e, 150)}")
             continue
         try:
             torch._dynamo.reset()
@@ -506,7 +508,7 @@ def e2e_table(args, cache: str, target: str = "cuda", device: str = "cuda", sele
             ct_s, ratio = f"{ct:.3f}", f"{ct / rt:.2f}"
         except Exception as e:
             ct_s, ratio = "failed", "n/a"
-            reasons.append(f"{name}: torch.compile failed: {type(e).__name__}: {str(e).splitlines()[0][:150] if str(e) else ''}")
+            reasons.append(f"{name}: torch.compile failed: {one_line(e, 150)}")
         print(f"{row} {fast.kernels:>7} {len(fast.fallbacks):>9} {compile_s:>9.1f} {err:>8.1e} {rt:>9.3f} {et:>8.3f} "
               f"{ct_s:>12} {et / rt:>12.2f} {ratio:>16}")
         for why, n in collections.Counter(fast.fallbacks.values()).most_common(5):

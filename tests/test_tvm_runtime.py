@@ -267,3 +267,14 @@ def test_select_fastest_leaves_out_a_kernel_slower_than_torch_and_says_so(kernel
     assert calls == [2]
     with pytest.raises(refold.RefoldError, match="select must be one of kernels, fastest"):
         refold.compile(module, (x,), select="quickest")
+
+
+def test_a_build_error_without_a_message_is_still_a_fallback(kernel_cache, monkeypatch):
+    import refold.codegen.plan as plan
+
+    def silent(*args, **kwargs):
+        raise RuntimeError()  # str(e) == "": its reason is its type
+
+    monkeypatch.setattr(plan, "cached_build", silent)
+    fast = refold.compile(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU()).eval(), (torch.randn(2, 4),))
+    assert list(fast.fallbacks.values()) == ["build failed: RuntimeError"]

@@ -180,9 +180,9 @@ class CompiledModel:
 
     def __call__(self, *args):
         if self.runner.target != "llvm":
-            import torch
+            from refold.codegen.tvm_block import gpu_present
 
-            if not torch.cuda.is_available():
+            if not gpu_present():
                 raise UnsupportedError(f"{self.runner.target} kernels run on a GPU; this machine has none")
         out = self.runner.run(args if len(args) != 1 else args[0])
         values = [out[k] for k in self.output_names]
@@ -210,10 +210,10 @@ def compile(model: Any, example_inputs: Any = None, *, target: str = "llvm", cac
     m = _for_kernels(model, example_inputs, dims)
     if tune_trials < 0:
         raise UsageError(f"tune_trials must be >= 0, not {tune_trials}")
-    from refold.codegen.tvm_block import gpu_present
+    from refold.codegen.tvm_block import check_can_tune
 
-    if tune_trials and target != "llvm" and not gpu_present():
-        raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
+    if tune_trials:
+        check_can_tune(target)  # here, not as a fallback per block
     runner = TvmRunner(m, target=target, cache=cache, sabotage=sabotage, cache_folder=cache_dir,
                        tune_trials=tune_trials, select=select)
     compiled = CompiledModel(runner, [v.name for v in m.graph.outputs])
@@ -250,8 +250,7 @@ def kernel_map(src: Any) -> tuple[Model, list[dict]]:
     HTML viewer display; the list has one row per block."""
     from refold.lowering import partition
 
-    plan_path = os.path.join(str(src), "plan.json") if isinstance(src, (str, os.PathLike)) else ""
-    if plan_path and os.path.isfile(plan_path):
+    if is_compiled_folder(src):
         plan = read_plan(str(src))
         m = _for_kernels(os.path.join(str(src), plan["model"]), _plan_example(plan))
         rows = [{"block": b["block"], "kind": b["kind"], "nodes": b["nodes"],
@@ -354,6 +353,11 @@ def load_compiled(folder: str) -> CompiledModel:
     return compile(os.path.join(folder, plan["model"]), _plan_example(plan), target=plan["target"],
                    cache_dir=os.path.join(folder, "kernels"), tune_trials=plan.get("tune_trials", 0),
                    select=plan.get("select", "kernels"))
+
+
+def is_compiled_folder(src: Any) -> bool:
+    """Whether ``src`` names a folder ``refold compile`` wrote (it holds a plan.json)."""
+    return isinstance(src, (str, os.PathLike)) and os.path.isfile(os.path.join(str(src), "plan.json"))
 
 
 def read_plan(folder: str) -> dict:

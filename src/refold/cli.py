@@ -117,18 +117,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_show(args) -> int:
-    from refold.api import load
-    from refold.api import resolve_path
+    from refold.api import is_compiled_folder, kernel_map, load, resolve_path
     from refold.inspect.summary import format_kernels, format_summary, summarize
     from refold.ir.printer import format_model
 
-    compiled = os.path.isfile(os.path.join(args.model, "plan.json"))
-    if compiled and not args.kernels:
-        args.kernels = True  # a compiled folder: its kernels are what there is to show
+    compiled = is_compiled_folder(args.model)
     rows = None
-    if args.kernels:
-        from refold.api import kernel_map
-
+    if args.kernels or compiled:  # a compiled folder: its kernels are what there is to show
         m, rows = kernel_map(args.model if compiled else resolve_path(args.model))
     else:
         m = load(args.model)

@@ -21,6 +21,13 @@ class RefoldError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message`` (the type alone when the message is empty), for a
+    reason that goes in a report or a table."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:limit]}" if text else type(e).__name__
+
+
 class UsageError(RefoldError):
     exit_code = EXIT_USAGE
 

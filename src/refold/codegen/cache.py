@@ -14,8 +14,10 @@ import hashlib
 import json
 import os
 
-from refold.codegen.cubin import install_hook, remember
-from refold.codegen.tvm_block import Kernel, build_block, gpu_present, require_tvm
+from refold.codegen.cubin import ARCH, install_hook, remember
+from refold.codegen.tvm_block import Kernel, build_block, gpu_present, require_tvm, static_shapes
+from refold.errors import one_line
+from refold.ir.fileio import write_bytes_atomic
 from refold.lowering.partition import Block
 
 
@@ -51,7 +53,7 @@ def cached_build(block: Block, target: str = "llvm", *, cache: bool = True, fold
     root = folder or cache_dir()
     if tune_trials:
         generic, generic_hit = cached_build(block, target, cache=cache, folder=folder)
-        static = [list(shapes.get(v.name, v.shape)) if shapes else list(v.shape) for v in block.inputs]
+        static = [list(s) for s in static_shapes(block, shapes)]
         try:
             if not cache:
                 kernel, hit = build_block(block, target, tune_trials=tune_trials, shapes=shapes), False
@@ -60,8 +62,7 @@ def cached_build(block: Block, target: str = "llvm", *, cache: bool = True, fold
                                       lambda: build_block(block, target, tune_trials=tune_trials, shapes=shapes,
                                                           cubin_folder=os.path.join(root, "cubin")))
         except Exception as e:  # tuning failed: the untuned kernel serves every size, and says why
-            generic.schedule = f"{generic.schedule or 'untuned'} (tuning failed: {type(e).__name__}: " \
-                               f"{str(e).splitlines()[0][:120] if str(e) else ''})"
+            generic.schedule = f"{generic.schedule or 'untuned'} (tuning failed: {one_line(e, 120)})"
             return generic, generic_hit
         kernel.generic = generic
         return kernel, hit
@@ -82,10 +83,10 @@ def _cached(tvm, block: Block, target: str, root: str, key: str, build) -> tuple
         source, binary = _read(extra[0], "r") if extra else "", _read(extra[1], "rb") if extra else b""
         module = func = None
         if source and binary:
-            remember(source, "sm_90", binary)
+            remember(source, ARCH, binary)
         if target == "llvm" or gpu_present():
             if target == "cuda":
-                install_hook("sm_90", os.path.join(root, "cubin"))
+                install_hook(ARCH, os.path.join(root, "cubin"))
             module = tvm.runtime.load_module(lib_path)
             func = module[meta["func"]]
         dims = {k: tuple(v) for k, v in meta["dims"].items()}
@@ -97,18 +98,18 @@ def _cached(tvm, block: Block, target: str, root: str, key: str, build) -> tuple
         return kernel, True
     kernel = build()
     os.makedirs(folder, exist_ok=True)
-    tmp = f"{lib_path}.{os.getpid()}.so"
+    tmp = f"{lib_path}.{os.getpid()}.so"  # export_library writes by path: the same stage-then-rename
     kernel.module.export_library(tmp)
     os.replace(tmp, lib_path)  # readers never see half a library
     if extra:
-        _write(extra[0], kernel.source.encode())
+        write_bytes_atomic(extra[0], kernel.source.encode())
         if kernel.binary:
-            _write(extra[1], kernel.binary)
+            write_bytes_atomic(extra[1], kernel.binary)
     meta = {"func": kernel.func_name, "out_shape": kernel.out_shape, "out_dtype": kernel.out_dtype,
             "dims": {k: list(v) for k, v in kernel.dims.items()}, "block": block.name, "schedule": kernel.schedule,
             "static": [list(x) for x in kernel.static] if kernel.static else None,
             "equal": [list(e) for e in kernel.equal]}
-    _write(meta_path, json.dumps(meta).encode())  # last: its presence says the entry is whole
+    write_bytes_atomic(meta_path, json.dumps(meta).encode())  # last: its presence says the entry is whole
     kernel.files = tuple(p for p in (lib_path, meta_path, *extra) if os.path.exists(p))
     return kernel, False
 
@@ -118,10 +119,3 @@ def _read(path: str, mode: str):
         return None
     with open(path, mode, **({"encoding": "utf-8"} if mode == "r" else {})) as f:
         return f.read()
-
-
-def _write(path: str, data: bytes) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -21,8 +21,10 @@ import subprocess
 import tempfile
 
 from refold.errors import UnsupportedError
+from refold.ir.fileio import write_bytes_atomic
 
 HOOK = "tvm_callback_cuda_compile"
+ARCH = "sm_90"  # what refold builds CUDA kernels for (H100 / H200)
 # what TVM's own nvcc path passes, less --use_fast_math: kernels are checked against torch at 1e-4
 FLAGS = ["-O3", "-U__CUDA_NO_HALF_OPERATORS__", "-U__CUDA_NO_HALF_CONVERSIONS__",
          "-U__CUDA_NO_BFLOAT16_OPERATORS__", "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
@@ -59,10 +61,14 @@ _known: dict[str, bytes] = {}  # sha256(arch, source) -> cubin, from kernels loa
 def remember(source: str, arch: str, binary: bytes) -> None:
     """``binary`` is the cubin of ``source``: the runtime hook answers with it (a kernel folder
     carries its cubins; the machine that loads it need not have nvcc)."""
-    _known[hashlib.sha256(f"{arch}\n{source}".encode()).hexdigest()] = binary
+    _known[_source_key(source, arch)] = binary
 
 
-def compile_cubin(source: str, arch: str = "sm_90", *, folder: str | None = None) -> bytes:
+def _source_key(source: str, arch: str) -> str:
+    return hashlib.sha256(f"{arch}\n{source}".encode()).hexdigest()
+
+
+def compile_cubin(source: str, arch: str = ARCH, *, folder: str | None = None) -> bytes:
     """The cubin of ``source`` for ``arch``, from the cache under ``folder`` when it is there."""
     nvcc = nvcc_path()
     if nvcc is None:
@@ -86,16 +92,14 @@ def compile_cubin(source: str, arch: str = "sm_90", *, folder: str | None = None
             binary = f.read()
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(f"{path}.{os.getpid()}", "wb") as f:
-            f.write(binary)
-        os.replace(f"{path}.{os.getpid()}", path)  # readers never see half a cubin
+        write_bytes_atomic(path, binary)
     return binary
 
 
 _installed: dict[str, object] = {}
 
 
-def install_hook(arch: str = "sm_90", folder: str | None = None) -> None:
+def install_hook(arch: str = ARCH, folder: str | None = None) -> None:
     """Make TVM's CUDA runtime, which compiles a library's CUDA C when it loads it, take the
     cubin from ``compile_cubin`` (the cache under ``folder`` first): a GPU machine then loads
     what was compiled ahead of time instead of compiling it again. Without nvcc the hook that was
@@ -114,7 +118,7 @@ def install_hook(arch: str = "sm_90", folder: str | None = None) -> None:
             before = None
 
     def hook(code, *target):
-        known = _known.get(hashlib.sha256(f"{arch}\n{code}".encode()).hexdigest())
+        known = _known.get(_source_key(code, arch))
         if known is not None:  # shipped with the kernel folder
             return bytearray(known)
         if nvcc_path() is None and before is not None:

@@ -33,15 +33,18 @@ def tune(mod, name: str, target, trials: int, *, work_dir: str | None = None, pr
     single = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     import_intrinsics()
     bar = StepBar("trial") if progress else None
-    with _quiet(), tempfile.TemporaryDirectory(prefix="refold-tune-", dir=work_dir) as wd:
-        db = ms.tune_tir(single, target, wd, max_trials_global=trials, num_trials_per_iter=min(16, trials),
-                         builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=300), cost_model=_cost_model(),
-                         measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
-                                            _Progress(bar, trials, name)] if bar else "default",
-                         num_tuning_cores=_physical_cores(), seed=0)
-        sch = ms.tir_integration.compile_tir(db, single, target)
-    if bar is not None:
-        bar.close()
+    try:
+        with _quiet(), tempfile.TemporaryDirectory(prefix="refold-tune-", dir=work_dir) as wd:
+            db = ms.tune_tir(single, target, wd, max_trials_global=trials, num_trials_per_iter=min(16, trials),
+                             builder=ms.builder.LocalBuilder(f_build=build_candidate, timeout_sec=300),
+                             cost_model=_cost_model(),
+                             measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                                _Progress(bar, trials, name)] if bar else "default",
+                             num_tuning_cores=_physical_cores(), seed=0)
+            sch = ms.tir_integration.compile_tir(db, single, target)
+    finally:
+        if bar is not None:
+            bar.close()
     if sch is None:
         return mod, 0
     mod = tvm.IRModule(dict(mod.functions))  # a copy: the caller's module stays untuned

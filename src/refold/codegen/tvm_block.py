@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from refold.codegen.cubin import compile_cubin, install_hook, nvcc_path
+from refold.codegen.cubin import ARCH, compile_cubin, install_hook, nvcc_path
 from refold.errors import UnsupportedError
 from refold.ir.graph import CORE, Node
 from refold.lowering.partition import Block
@@ -110,15 +110,14 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
 
     if len(block.outputs) != 1:
         raise UnsupportedError(f"block {block.name}: {len(block.outputs)} outputs (one kernel writes one)")
-    static = None
-    if tune_trials:
-        static = [tuple(shapes[v.name]) if shapes and v.name in shapes else v.shape for v in block.inputs]
+    static = static_shapes(block, shapes) if tune_trials else None
     syms: dict[str, Any] = {}
     dims: dict[str, tuple[int, int]] = {}
     equal: list[tuple[int, int, int, int]] = []  # (i, axis, j, axis) taken equal: checked per call
     params, names, infos = [], [], []
     env: dict[int, Any] = {}
     alias = _broadcast_aliases(block) if static is None else {}
+    shared = set(alias.values())  # names standing for several unknowns: each further place is checked
     for i, v in enumerate(block.inputs):
         shape = []
         for ax, d in enumerate(v.shape or ()):
@@ -128,8 +127,7 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
                 shape.append(d)
             else:
                 # unknown: a size of its own, except the leading (batch) axis, one for all inputs
-                named = isinstance(d, str) and d not in ("?", "")
-                d = d if named else ("batch" if ax == 0 else f"in{i}_{ax}")
+                d = d if _named(d) else ("batch" if ax == 0 else f"in{i}_{ax}")
                 d = alias.get(d, d)
                 if isinstance(d, int):  # taken as the fixed size it meets: checked per call
                     equal.append((i, ax, -1, d))
@@ -138,7 +136,7 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
                 if d not in syms:
                     syms[d] = tirx.Var(_ident(d), "int64")
                     dims[d] = (i, ax)
-                elif d in alias.values() and dims[d][0] != i:
+                elif d in shared and (i, ax) != dims[d]:
                     equal.append((*dims[d], i, ax))
                 shape.append(syms[d])
         if v.shape is None or v.dtype is None:
@@ -168,7 +166,7 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
     if len(prims) != 1:
         raise UnsupportedError(f"block {block.name}: {len(prims)} kernels, not one ({', '.join(prims)})")
     tgt = tvm.target.Target({"kind": target} if target == "llvm" else
-                            {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152,
+                            {"kind": "cuda", "arch": ARCH, "max_shared_memory_per_block": 49152,
                              "max_threads_per_block": 1024, "thread_warp_size": 32})
     schedule = ""
     if tune_trials:
@@ -176,8 +174,7 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
 
         if syms:
             raise UnsupportedError(f"block {block.name}: tuning needs the sizes of {', '.join(syms)} (example inputs)")
-        if target != "llvm" and not gpu_present():
-            raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
+        check_can_tune(target)
 
         mod, records = tune(mod, prims[0], tgt, tune_trials)
         schedule = f"MetaSchedule ({records} measured)"
@@ -195,15 +192,28 @@ def build_block(block: Block, target: str = "llvm", *, cubin: bool | None = None
     out_shape = [d if isinstance(d, int) and d >= 0 else (d if d in syms else None) for d in out.shape]
     kernel = Kernel(block, func, out_shape, out.dtype.numpy().name, dims, source, lib.mod.imports[0], prims[0])
     kernel.schedule = schedule
-    kernel.static = tuple(tuple(s) for s in static) if static is not None else None
+    kernel.static = tuple(static) if static is not None else None
     kernel.equal = equal
     kernel.binary = binary
     return kernel
 
 
-def _broadcast_aliases(block: Block) -> dict[str, str]:
+def static_shapes(block: Block, shapes: dict[str, tuple] | None) -> list[tuple]:
+    """Each input's shape at the sizes in ``shapes`` (value name -> shape), its own where absent:
+    the shapes a tuned kernel is built for."""
+    return [tuple(shapes[v.name]) if shapes and v.name in shapes else tuple(v.shape or ()) for v in block.inputs]
+
+
+def check_can_tune(target: str) -> None:
+    """Tuning times candidates where they run: a CUDA kernel needs the GPU."""
+    if target != "llvm" and not gpu_present():
+        raise UnsupportedError(f"tuning {target} kernels times them on a GPU; this machine has none")
+
+
+def _broadcast_aliases(block: Block) -> dict[str, str | int]:
     """Unknown dims that meet at the same (right-aligned) axis of an elementwise op's operands
-    (or a matmul's batch axes, or its contraction), each mapped to one name: TVM must prove two sizes broadcast, and distinct unknowns it cannot.
+    (or a matmul's batch axes, or its contraction), each mapped to one name, or to the fixed
+    size one of them meets: TVM must prove two sizes broadcast, and distinct unknowns it cannot.
     The kernel then takes them as equal and checks it on every call."""
     import networkx as nx
 

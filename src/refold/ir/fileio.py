@@ -13,7 +13,7 @@ def write_text_atomic(path: str, text: str) -> None:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """``write_text_atomic`` for bytes."""
-    tmp = path + ".refold-tmp"
+    tmp = f"{path}.{os.getpid()}.refold-tmp"  # per process: two writers of one path never share it
     try:
         with open(tmp, "wb") as f:
             f.write(data)
