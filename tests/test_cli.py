@@ -113,7 +113,7 @@ def test_python_pass_options_are_checked_too():
 def test_passes_name_prints_options(capsys):
     assert cli.main(["passes", "layernorm-to-rmsnorm"]) == 0
     out = capsys.readouterr().out
-    assert "compress=bool (default False)" in out and "target=auto|ort (default auto)" in out
+    assert "compress=bool (default False)" in out and "target=auto|ort|rms (default auto)" in out
     assert cli.main(["passes", "nope"]) == 2
 
 

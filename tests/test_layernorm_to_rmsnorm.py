@@ -255,3 +255,154 @@ def test_auto_below_opset_23_writes_the_rms_form_onnx_runtime_fuses(hf_onnx, tmp
     ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
     fused = [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
     assert fused.count("SimplifiedLayerNormalization") == 5 and "Sqrt" not in fused
+
+
+# -- target=rms: the RMSNorm op in every world; target=auto follows the torch module's device ---------
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_target_rms_torch_gpt2_has_aten_rms_norm(compress):
+    model, inputs = hf("gpt2")
+    spec = "layernorm-to-rmsnorm:target=rms" + (",compress=true" if compress else "")
+    for passes in ([spec], [LayerNormToRMSNorm(target="rms", compress=compress)]):
+        gm, report = refold.optimize(model, inputs, passes=passes, atol=1e-5, rtol=1e-4)
+        st = report.record("layernorm-to-rmsnorm").stats
+        assert st["converted"] == 5 and st["not_converted"] == {}
+        assert st["emitted"] == ("crms_norm as aten.rms_norm" if compress else "aten.rms_norm")
+        rms = [n for n in gm.graph.nodes if n.target == torch.ops.aten.rms_norm.default]
+        assert len(rms) == 5 and count(gm, "layer_norm") == 0
+        # with compress each rms_norm reads the d-vector recovered from the d-1 stored coordinates
+        assert all(n.args[1] == [model.config.hidden_size] for n in rms)
+        torch.testing.assert_close(gm(*inputs)[0], model(*inputs)[0], atol=1e-5, rtol=1e-4)
+    torch.export.export(gm, inputs)  # exportable onward, rms_norm and all
+    again = PassManager([LayerNormToRMSNorm(target="rms", compress=compress)], check=False).run(refold.load(gm, inputs))
+    assert again.record("layernorm-to-rmsnorm").modified is False  # idempotent
+
+
+class PreLNBlock(torch.nn.Module):
+    """h = wte[ids] + wpe;  h = h + fc(LN1(h));  out = LN2(h)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.wte, self.wpe = torch.nn.Embedding(10, 8), torch.nn.Parameter(torch.randn(1, 4, 8, generator=g))
+        self.ln1, self.fc, self.ln2 = torch.nn.LayerNorm(8), torch.nn.Linear(8, 8), torch.nn.LayerNorm(8)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g))
+
+    def forward(self, ids):
+        h = self.wte(ids) + self.wpe
+        h = h + self.fc(self.ln1(h))
+        return self.ln2(h)
+
+
+IDS = torch.tensor([[1, 2, 3, 4]])
+
+
+def test_torch_import_records_the_module_device():
+    from types import SimpleNamespace
+
+    from refold.frontends.torch.importer import _source_device
+
+    assert refold.load(PreLNBlock().eval(), (IDS,)).meta["torch.device"] == "cpu"
+    ep = SimpleNamespace(state_dict={"w": torch.empty(2, device="meta")})
+    assert _source_device(ep, []) == "meta"  # the weights' device, as a CUDA module's says "cuda"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_target_auto_follows_the_device_the_module_is_on(device):
+    """auto: a CUDA module gets aten.rms_norm (one fused GPU kernel); a CPU module the LayerNorm
+    kernel on the zero-mean stream (measured faster there). The device is faked: no GPU here."""
+    from refold.frontends.torch.exporter import to_graph_module
+
+    model = PreLNBlock().eval()
+    m = refold.load(model, (IDS,))
+    m.meta["torch.device"] = device
+    report = PassManager([LayerNormToRMSNorm()], atol=1e-5, rtol=1e-4).run(m)
+    st = report.record("layernorm-to-rmsnorm").stats
+    gm = to_graph_module(report.model)
+    if device == "cuda":
+        assert st["emitted"].startswith("aten.rms_norm") and st["converted"] == 2
+        assert count(gm, "rms_norm") == 2 and count(gm, "layer_norm") == 0
+    else:
+        assert st["emitted"] == "layer_norm (fastest exact form on torch CPU)"
+        assert count(gm, "rms_norm") == 0 and count(gm, "layer_norm") == 2
+    torch.testing.assert_close(gm(IDS), model(IDS), atol=1e-5, rtol=1e-4)
+
+
+GOLDEN_FORWARD = {
+    # CPU auto: LN1 runs as a bias-free LayerNorm on the zero-mean stream (its bias folded into fc);
+    # LN2 feeds the output, so its bias has nowhere to go and it stays the LayerNorm it was
+    "auto": """
+        layer_norm_default = torch.ops.aten.layer_norm.default(add_tensor, [8], ln1_weight, None, 1e-05);  ln1_weight = None
+        linear_default = torch.ops.aten.linear.default(layer_norm_default, fc_weight, fc_bias);  layer_norm_default = fc_weight = fc_bias = None
+        layer_norm_default_1 = torch.ops.aten.layer_norm.default(add_tensor_1, [8], ln2_weight, ln2_bias, 1e-05);  add_tensor_1 = ln2_weight = ln2_bias = None
+    """,
+    # rms: both are aten.rms_norm; LN2's bias stays an add after it
+    "rms": """
+        rms_norm_default = torch.ops.aten.rms_norm.default(add_tensor, [8], ln1_weight, 1e-05);  ln1_weight = None
+        linear_default = torch.ops.aten.linear.default(rms_norm_default, fc_weight, fc_bias);  rms_norm_default = fc_weight = fc_bias = None
+        rms_norm_default_1 = torch.ops.aten.rms_norm.default(add_tensor_1, [8], ln2_weight, 1e-05);  add_tensor_1 = ln2_weight = None
+        add_tensor_2 = torch.ops.aten.add.Tensor(rms_norm_default_1, ln2_bias);  rms_norm_default_1 = ln2_bias = None
+    """,
+}
+
+
+@pytest.mark.parametrize("target", sorted(GOLDEN_FORWARD))
+def test_golden_graph_module_per_target(target):
+    model = PreLNBlock().eval()
+    gm, report = refold.optimize(model, (IDS,), passes=[LayerNormToRMSNorm(target=target)], atol=1e-5, rtol=1e-4)
+    norm_lines = [ln.strip() for ln in gm.code.splitlines() if "norm" in ln and "=" in ln and "self." not in ln]
+    expected = [ln.strip() for ln in GOLDEN_FORWARD[target].strip().splitlines()]
+    assert norm_lines == expected
+    assert report.record("layernorm-to-rmsnorm").max_abs <= 1e-5
+    torch.testing.assert_close(gm(IDS), model(IDS), atol=1e-5, rtol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def gpt2_opset23(tmp_path_factory):
+    """A tiny GPT-2 ONNX export converted to opset 23 (where RMSNormalization exists)."""
+    path = str(tmp_path_factory.mktemp("opset23") / "gpt2.onnx")
+    zoo.export_hf_onnx("gpt2", path)
+    proto = onnx.version_converter.convert_version(onnx.load(path), 23)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+    return path
+
+
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("opset", [23, 17])
+def test_target_rms_onnx(opset, compress, gpt2_opset23, hf_onnx, tmp_path, capsys):
+    """opset 23: RMSNormalization (with compress, on the d-vector Concat recovers); below it the
+    written-out form, as auto writes it. Both run in ONNX Runtime and equal the original."""
+    import onnxruntime as ort
+
+    src = gpt2_opset23 if opset == 23 else hf_onnx("gpt2")
+    out, rep = tmp_path / "rms.onnx", tmp_path / "r.json"
+    spec = "layernorm-to-rmsnorm:target=rms" + (",compress=true" if compress else "")
+    assert cli.main(["run", src, "-p", spec, "-o", str(out), "--atol", "1e-5", "--rtol", "1e-4",
+                     "--json", str(rep)]) == 0, capsys.readouterr().err
+    rows = json.loads(rep.read_text())["passes"]
+    st = next(p for p in rows if p["name"] == "layernorm-to-rmsnorm")["stats"]
+    assert st["converted"] == 5 and st["compressed"] is compress
+    proto = onnx.load(str(out))
+    assert proto.opset_import[0].version == opset
+    ops = [n.op_type for n in proto.graph.node]
+    assert "LayerNormalization" not in ops
+    if opset == 23:
+        assert ops.count("RMSNormalization") == 5 and st["emitted"].endswith("RMSNormalization")
+        assert ops.count("Neg") == (5 if compress else 0)
+    else:
+        assert "RMSNormalization" not in ops
+        assert st["emitted"] == ("crms_norm" if compress else "decomposed rms_norm (ORT fuses it)")
+        assert sum(n.op_type == "Pow" and "rms_norm" in n.name for n in proto.graph.node) == (0 if compress else 5)
+    feed = {"input": np.arange(8, dtype=np.int64)[None] % 50}
+    before = ort.InferenceSession(src, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    after = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_allclose(after, before, atol=1e-5, rtol=1e-4)
+
+
+def test_target_rms_is_a_listed_choice(capsys):
+    assert cli.main(["passes", "layernorm-to-rmsnorm"]) == 0
+    assert "target=auto|ort|rms" in capsys.readouterr().out
+    LayerNormToRMSNorm(target="rms", compress=True).validate()  # CRMSNorm runs as the RMSNorm op: allowed

@@ -20,9 +20,13 @@ LayerNorm becomes ``crms_norm``, which recovers the norm and the dropped coordin
 The op each converted norm runs as is the fastest exact one measured on the model's runtime
 (``target=auto``; benchmarks/layernorm_rmsnorm.py; the report's ``emitted`` says which): in ONNX,
 RMSNormalization at opset 23 and below it a decomposed form ONNX Runtime fuses into its
-SimplifiedLayerNormalization kernel; in torch graphs the LayerNorm kernel itself, which on the now
-zero-mean stream computes the RMSNorm and on CPU beats ``aten.rms_norm`` (1.4-3x its time), so
-there the pass recentres the stream and folds biases and never slows the model down.
+SimplifiedLayerNormalization kernel; in torch graphs of a CPU module the LayerNorm kernel itself,
+which on the now zero-mean stream computes the RMSNorm and on CPU beats ``aten.rms_norm`` (1.4-3x
+its time), so there the pass recentres the stream and folds biases and never slows the model down;
+for a module on CUDA (``model.meta["torch.device"]``) ``aten.rms_norm``. ``target=rms`` asks for the
+RMSNorm op in every world (``aten.rms_norm``; RMSNormalization, written out below opset 23), for a
+GPU or for a GraphModule exported onward; with ``compress`` each ``crms_norm`` then runs as that op
+on the d-vector it recovers. ``target=ort`` is ONNX Runtime's SimplifiedLayerNormalization.
 """
 from __future__ import annotations
 
@@ -70,8 +74,10 @@ class LayerNormToRMSNorm(Pass):
         Option("compress", bool, False, "CRMSNorm: store the zero-mean stream in d-1 coordinates"),
         Option("target", str, "auto", "auto: the fastest exact form measured on the model's runtime "
                "(RMSNormalization at opset 23, below it a decomposed form ONNX Runtime fuses; in torch "
-               "graphs the LayerNorm kernel on the now zero-mean stream, faster on CPU than aten.rms_norm); "
-               "ort: ONNX Runtime's SimplifiedLayerNormalization", choices=("auto", "ort")),
+               "graphs aten.rms_norm for a module on CUDA, on CPU the LayerNorm kernel on the now zero-mean "
+               "stream, faster there than aten.rms_norm); ort: ONNX Runtime's SimplifiedLayerNormalization; "
+               "rms: the RMSNorm op in every world (aten.rms_norm, RMSNormalization at opset 23, written "
+               "out below it)", choices=("auto", "ort", "rms")),
     )
 
     def validate(self) -> None:
@@ -195,12 +201,22 @@ class LayerNormToRMSNorm(Pass):
         """(the rms_norm nodes' ``lower_to``, what the report says is emitted), chosen by measurement
         (benchmarks/layernorm_rmsnorm.py, CPU): where no RMSNorm op beats the LayerNorm kernel, the
         LayerNorm kernel it is, on the zero-mean stream, where it computes the RMSNorm exactly."""
+        torch_world = model.source == "torch"
         if self.compress:
+            if self.target == "rms" and (torch_world or model.opset >= 23):
+                # CRMSNorm(x) = RMSNorm([x, -sum x]) * gamma: the dropped coordinate, then the op
+                return "rms_norm", "crms_norm as " + ("aten.rms_norm" if torch_world else "RMSNormalization")
             return None, "crms_norm"
         if self.target == "ort":
             return "ort", "SimplifiedLayerNormalization"
-        if model.source == "torch":  # aten.rms_norm measured 1.4-3x the LayerNorm kernel on CPU
-            return "layer_norm", "layer_norm (fastest exact form on torch CPU)"
+        if torch_world:
+            device = model.meta.get("torch.device", "cpu")
+            if self.target == "rms":
+                return None, "aten.rms_norm"
+            if device == "cuda":  # on CUDA aten.rms_norm runs a fused kernel (_fused_rms_norm; not timed here)
+                return None, "aten.rms_norm (the module is on CUDA)"
+            # aten.rms_norm measured 1.4-3x the LayerNorm kernel on CPU; other devices are unmeasured
+            return "layer_norm", f"layer_norm (fastest exact form on torch {device.upper()})"
         if model.opset >= 23:
             return None, "RMSNormalization"
         # Pow/ReduceMean/Add/Sqrt/Div/Mul, which ONNX Runtime fuses into SimplifiedLayerNormalization

@@ -119,6 +119,11 @@ def _reduce_sum_last(e: _Emit, x: str) -> str:
 def _crms_norm(e: _Emit, n: Node, outs: list[str]) -> None:
     # y = [x, -s] / sqrt((sum x^2 + s^2) / d + eps) * scale,  s = sum x,  d = n + 1
     x, scale = (list(n.inputs) + [None])[:2]
+    if n.meta.get("lower_to") == "rms_norm" and e.opset >= 23 and scale is not None:
+        # = RMSNormalization([x, -s]) * scale: the RMSNorm op asked for (layernorm-to-rmsnorm:target=rms)
+        full = e("Concat", [x.name, e("Neg", [_reduce_sum_last(e, x.name)])], axis=-1)
+        e("RMSNormalization", [full, scale.name], outs, axis=-1, epsilon=n.attrs.get("epsilon", 1e-5))
+        return
     if x.shape is None or not isinstance(x.shape[-1], int):
         raise UnsupportedError(f"{n.label()}: crms_norm needs a static last dim to lower to ONNX")
     s = _reduce_sum_last(e, x.name)

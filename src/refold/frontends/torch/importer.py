@@ -317,7 +317,19 @@ def import_exported(ep, *, name: str = "main") -> Model:
     # the source's parameters and buffers: the exporter keeps the names of those passes dropped
     model.meta["torch.originals"] = [v for v in g.initializers.values() if v.kind in ("param", "buffer")]
     model.meta["torch.user_inputs"] = [v.name for v in user_inputs]
+    model.meta["torch.device"] = _source_device(ep, placeholders)  # passes choosing the fastest kernel read it
     return model
+
+
+def _source_device(ep, placeholders) -> str:
+    """The device type ('cpu', 'cuda', ...) the program's weights live on, else its first input."""
+    for t in ep.state_dict.values():
+        if isinstance(t, torch.Tensor):
+            return t.device.type
+    for node in placeholders:
+        if isinstance(node.meta.get("val"), torch.Tensor):
+            return node.meta["val"].device.type
+    return "cpu"
 
 
 def _copy_meta(fx_node, target) -> None:

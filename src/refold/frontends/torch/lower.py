@@ -60,6 +60,10 @@ def lower_core_node(g: fx.Graph, node: Node, ins: list) -> fx.Node:
         # [x, -s] / sqrt((sum x^2 + s^2) / d + eps) * scale,  s = sum x
         x = arg(0)
         s = call(aten.sum.dim_IntList, (x, [-1], True))
+        if node.meta.get("lower_to") == "rms_norm":  # = rms_norm([x, -s]) * scale: the RMSNorm op asked for
+            full = call(aten.cat.default, ([x, call(aten.neg.default, (s,))], -1))
+            d = list(node.inputs[1].shape) if arg(1) is not None else [node.inputs[0].shape[-1] + 1]
+            return call(aten.rms_norm.default, (full, d, arg(1), a.get("epsilon", 1e-5)))
         sq = call(aten.sum.dim_IntList, (call(aten.mul.Tensor, (x, x)), [-1], True))
         ms = call(aten.div.Tensor, (call(aten.add.Tensor, (sq, call(aten.mul.Tensor, (s, s)))),
                                     node.inputs[0].shape[-1] + 1))
