@@ -97,11 +97,11 @@ class OptimizeReport(Report):
         names, as in the file), not the IR with its core ops."""
         self._require_snapshot()
         if self.model.source != "onnx":
-            return self.model
+            return snapshot_of(self.model, "after")
         from refold.frontends.onnx.exporter import to_onnx
         from refold.frontends.onnx.importer import load_onnx
 
-        return load_onnx(to_onnx(self.model))
+        return snapshot_of(load_onnx(to_onnx(self.model)), "after")
 
     def diff(self):
         """Node-by-node diff of the graph before the passes and after them."""
@@ -117,9 +117,11 @@ class OptimizeReport(Report):
 
 
 def snapshot_of(model: Model, title: str = "before"):
+    """A data-free view of ``model`` whose node count is the model's as the user holds it."""
+    from refold.frontends import written_node_count
     from refold.inspect.snapshot import take
 
-    return take(model, title)
+    return take(model, title, node_count=written_node_count(model))
 
 
 def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass] | None = None, *,
@@ -146,12 +148,11 @@ def optimize(model: Any, example_inputs: Any = None, passes: Sequence[str | Pass
         names = tuple(p for p in DEFAULT_PIPELINE if p != "infer-shapes")
     from refold.ir.progress import StepBar
 
-    count = None
-    if ir.source == "onnx":  # node counts as the returned ModelProto will have them
-        from refold.frontends.onnx.exporter import exported_node_count as count
+    from refold.frontends import written_node_count  # counts as the returned model will have them
+
     with StepBar("pass") as bar:
-        pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol,
-                         probe=probe, dims=dims, count=count, progress=bar if bar.enabled else None)
+        pm = PassManager([get_pass(p) for p in names], check=check, atol=atol, rtol=rtol, probe=probe,
+                         dims=dims, count=written_node_count, progress=bar if bar.enabled else None)
         report = pm.run(ir, OptimizeReport(before=snapshot_of(ir) if snapshot else None))
     if ir.source == "onnx":
         from refold.frontends.onnx.exporter import to_onnx

@@ -209,13 +209,13 @@ def cmd_run(args) -> int:
     if unknown:
         raise UsageError(f"--dim {', '.join(unknown)}: not a symbolic input dim of {args.model}; "
                          f"its symbolic dims: {', '.join(sorted(symbolic)) or 'none'}")
-    from refold.frontends.onnx.exporter import exported_node_count
+    from refold.frontends import written_node_count
     from refold.ir.progress import StepBar, silenced
 
     with silenced() if args.quiet else nullcontext(), StepBar("pass") as bar:
         pm = PassManager(passes, check=not args.no_check, atol=args.atol, rtol=args.rtol, dims=dims,
                          check_limit_bytes=int(args.check_limit_mb * 2**20),
-                         count=exported_node_count, progress=bar if bar.enabled else None)
+                         count=written_node_count, progress=bar if bar.enabled else None)
         report = pm.run(model, OptimizeReport(before=snapshot_of(model) if args.report else None))
     ext = {"auto": None, "yes": True, "no": False}[args.external_data]
     save_onnx(model, args.output, external_data=ext)

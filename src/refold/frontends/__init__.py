@@ -21,5 +21,15 @@ def _raise_torch(model) -> RaiseResult:
     return raise_to_core(model)
 
 
+def written_node_count(model) -> int:
+    """The node count of ``model`` as it is given back: ONNX nodes of the file it exports to
+    (Constant nodes included), or the call nodes of the GraphModule for a torch model."""
+    if model.source == "torch":
+        from refold.frontends.torch.exporter import exported_node_count
+    else:
+        from refold.frontends.onnx.exporter import exported_node_count
+    return exported_node_count(model)
+
+
 register_raiser("onnx", _raise_onnx)
 register_raiser("torch", _raise_torch)

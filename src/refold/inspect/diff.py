@@ -46,8 +46,8 @@ class GraphDiff:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "a": {"title": self.a.title, "nodes": len(self.a.nodes), "parameters": self.a.parameters},
-            "b": {"title": self.b.title, "nodes": len(self.b.nodes), "parameters": self.b.parameters},
+            "a": {"title": self.a.title, "nodes": self.a.node_count, "parameters": self.a.parameters},
+            "b": {"title": self.b.title, "nodes": self.b.node_count, "parameters": self.b.parameters},
             "matched": len(self.pairs), "unchanged": self.unchanged,
             "changed": [dataclasses.asdict(c) for c in self.changed],
             "added": self.added, "removed": self.removed,
@@ -57,8 +57,8 @@ class GraphDiff:
 
     def format(self, limit: int = 50) -> str:
         d = self
-        lines = [f"A  {d.a.title}: {len(d.a.nodes)} nodes, {d.a.parameters:,} parameters",
-                 f"B  {d.b.title}: {len(d.b.nodes)} nodes, {d.b.parameters:,} parameters",
+        lines = [f"A  {d.a.title}: {d.a.node_count} nodes, {d.a.parameters:,} parameters",
+                 f"B  {d.b.title}: {d.b.node_count} nodes, {d.b.parameters:,} parameters",
                  f"matched {len(d.pairs)} (unchanged {d.unchanged}, changed {len(d.changed)}), "
                  f"removed {len(d.removed)}, added {len(d.added)}; parameters "
                  f"{d.b.parameters - d.a.parameters:+,}"]

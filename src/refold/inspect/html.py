@@ -34,7 +34,7 @@ def _side(s: Snapshot, status: dict[str, str], changes: dict[str, list[str]]) ->
         if n.key in changes:
             d["ch"] = changes[n.key]
         nodes.append(d)
-    return {"title": s.title, "nodes": nodes, "parameters": s.parameters,
+    return {"title": s.title, "nodes": nodes, "count": s.node_count, "parameters": s.parameters,
             "inputs": [[p.name, p.dtype, p.shape] for p in s.inputs], "outputs": s.outputs}
 
 
@@ -92,14 +92,14 @@ _PAGE = """<!DOCTYPE html>
   <strong id="title"></strong>
   <input id="search" type="search" placeholder="search name or op (Enter: next)" autocomplete="off">
   <span id="found"></span>
-  <button id="collapse" type="button" title="group nodes by module scope again">regroup</button>
+  <button id="collapse" type="button" title="group nodes by module scope again and go back to the inputs">regroup</button>
   <span id="legend"><i class="sw changed"></i>changed <i class="sw added"></i>added
   <i class="sw removed"></i>removed</span>
 </header>
 <section id="summary"></section>
 <main id="panes"></main>
 <aside id="details"><p class="hint">Click a node to see its attributes, shapes and provenance.
-Drag to pan, wheel to zoom, click a group box to open it.</p></aside>
+Each pane opens on the graph inputs; drag to pan, wheel to zoom, click a group box to open it.</p></aside>
 <script id="refold-data" type="application/json">@DATA@</script>
 <script>@DAGRE@</script>
 <script>@VIEWER@</script>

@@ -70,6 +70,7 @@ class Snapshot:
     parameters: int
     inputs: list[Port]
     outputs: list[str]
+    node_count: int = -1  # nodes of the model as written (Constant nodes, subgraphs); set by take
 
     def by_key(self) -> dict[str, NodeView]:
         return {n.key: n for n in self.nodes}
@@ -157,8 +158,17 @@ def _port(v: Value, cache: dict[int, str]) -> Port:
                 node_key(p) if p is not None else None)
 
 
-def take(model: Model | Graph, title: str = "") -> Snapshot:
-    """Snapshot the top-level graph of ``model`` (a refold Model or Graph)."""
+def written_count(g: Graph) -> int:
+    """Nodes of an imported graph as its file has them: every node of every graph, and each
+    constant that was read from a Constant node (it is written back as one)."""
+    return sum(len(sub) + sum("onnx.constant_node" in v.meta for v in sub.initializers.values())
+               for sub in g.all_graphs())
+
+
+def take(model: Model | Graph, title: str = "", *, node_count: int | None = None) -> Snapshot:
+    """Snapshot the top-level graph of ``model`` (a refold Model or Graph). ``node_count``: the
+    model's node count as the user holds it (the caller knows how it is exported); by default
+    :func:`written_count`."""
     g = model.graph if isinstance(model, Model) else model
     cache: dict[int, str] = {}
     nodes = []
@@ -172,4 +182,5 @@ def take(model: Model | Graph, title: str = "") -> Snapshot:
     params = sum(math.prod(v.shape) for v in g.initializers.values()
                  if v.shape is not None and v.dtype is not None and v.dtype.is_float)
     return Snapshot(title or g.name, nodes, int(params),
-                    [_port(v, cache) for v in g.inputs if v.const is None], [v.name for v in g.outputs])
+                    [_port(v, cache) for v in g.inputs if v.const is None], [v.name for v in g.outputs],
+                    written_count(g) if node_count is None else node_count)

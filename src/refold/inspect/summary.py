@@ -9,6 +9,9 @@ from refold.ir.graph import Model
 
 def summarize(m: Model) -> dict[str, Any]:
     ops = Counter(n.qualified_op for n in m.graph.all_nodes())
+    consts = sum("onnx.constant_node" in v.meta for g in m.graph.all_graphs() for v in g.initializers.values())
+    if consts:  # weights held in Constant nodes: nodes of the file like any other
+        ops["onnx.Constant"] += consts
     return {
         "path": m.meta.get("path"),
         "ir_version": m.ir_version,

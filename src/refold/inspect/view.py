@@ -35,5 +35,5 @@ class View:
                 f'style="width:100%;height:640px;border:1px solid #ddd" sandbox="allow-scripts"></iframe>')
 
     def __repr__(self) -> str:
-        n = len(self.a.nodes)
-        return f"<refold view: {n} nodes" + (f" vs {len(self.b.nodes)}" if self.b else "") + ">"
+        n = self.a.node_count
+        return f"<refold view: {n} nodes" + (f" vs {self.b.node_count}" if self.b else "") + ">"

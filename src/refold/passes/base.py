@@ -149,8 +149,8 @@ class Pass:
 
     def __call__(self, model: Model) -> PassResult:
         for prop in sorted(self.requires):
-            provider(prop).call(model)
-        return self.call(model)
+            call_tidy(provider(prop), model)
+        return call_tidy(self, model)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{o.name}={getattr(self, o.name, o.default)!r}" for o in self.options)
@@ -250,6 +250,33 @@ def _reason_counts(key: str, reasons: dict[str, str]) -> str:
     return f"{key}: {len(reasons)} (" + ", ".join(f"{c} {n}" for c, n in codes.most_common()) + ")"
 
 
+def call_tidy(p: Pass, model: Model) -> PassResult:
+    """``p.call(model)``, then drop what the pass stopped reading: every constant, weight and node
+    that something read before the pass and nothing reads after it (so a replaced weight is not
+    written out beside its replacement). Constants the input itself left unread stay: that is the
+    model's business, and ``dce`` removes them when asked. A torch model keeps its parameters and
+    buffers (their names are its state_dict's)."""
+    live_nodes = {id(n) for n in model.graph.all_nodes() if _is_read(n.graph, n.outputs)}
+    live_consts = [(g, v) for g in model.graph.all_graphs() for v in g.initializers.values()
+                   if _is_read(g, (v,))]
+    result = p.call(model)
+    for g in list(result.model.graph.all_graphs()):
+        for n in reversed(g.nodes):  # consumers first, so a dead chain goes in one sweep
+            if id(n) in live_nodes and n.outputs and not n.meta.get("side_effect") \
+                    and not _is_read(g, n.outputs):
+                g.remove(n)
+    keep_state = result.model.source == "torch"
+    for g, v in live_consts:
+        if g.initializers.get(v.name) is v and not _is_read(g, (v,)) and not any(i is v for i in g.inputs) \
+                and (v.kind == "const" or not keep_state):
+            g.remove_const(v)
+    return result
+
+
+def _is_read(g, values) -> bool:
+    return any(v.users or g.is_output(v) for v in values)
+
+
 def count_nodes(model: Model) -> int:
     return sum(1 for _ in model.graph.all_nodes())
 
@@ -318,7 +345,7 @@ class PassManager:
         t0 = time.perf_counter()
         try:
             with gc_paused():  # graph-wide passes allocate much and free little
-                result = p.call(model)
+                result = call_tidy(p, model)
         except RefoldError:
             raise
         except Exception as e:

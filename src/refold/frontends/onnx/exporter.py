@@ -51,14 +51,12 @@ def stub_tensor(name: str, tensor: Tensor) -> onnx.TensorProto:
 
 
 def exported_node_count(model: Model) -> int:
-    """How many nodes the written file will have, as ``refold show`` counts them: core ops lowered
-    to the model's opset, plain Constant nodes not counted (they load as constants)."""
-    from refold.frontends.onnx.importer import _is_plain_constant
-
+    """How many nodes the written file will have, subgraphs included: core ops lowered to the
+    model's opset, and the Constant nodes that hold weights counted like any node (they are nodes
+    of the file, and what ``onnx`` or Netron counts)."""
     def count(g: onnx.GraphProto) -> int:
-        total = 0
+        total = len(g.node)
         for n in g.node:
-            total += not _is_plain_constant(n)
             for a in n.attribute:
                 total += count(a.g) if a.HasField("g") else 0
                 total += sum(count(sg) for sg in a.graphs)

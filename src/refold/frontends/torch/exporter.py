@@ -117,6 +117,13 @@ def to_graph_module(model: Model) -> fx.GraphModule:
     return gm
 
 
+def exported_node_count(model: Model) -> int:
+    """How many call nodes the GraphModule built from ``model`` has (core ops lowered to ATen, one
+    ``getitem`` per output of a multi-output op): what ``gm.graph`` shows a user."""
+    gm = to_graph_module(model)
+    return sum(1 for n in gm.graph.nodes if n.op.startswith("call_"))
+
+
 def _targets(g, aliases: dict[str, list[str]] | None = None, originals=()) -> dict[Value, list[str]]:
     """Attribute names for constants, the first the one the graph reads: each keeps its source
     name (``torch.target``) and the names tied to it (``aliases``: first name -> the others).

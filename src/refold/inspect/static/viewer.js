@@ -5,6 +5,8 @@
   const DATA = JSON.parse(document.getElementById("refold-data").textContent);
   const LIMIT = 400;       // most boxes laid out at once per side
   const CHUNK = 150;       // nodes per synthetic group when a big graph has no scopes
+  const READABLE = 0.75;   // the first screen never shrinks boxes below this: their names stay legible
+  const MARGIN = 10;       // px between a pane's edge and the graph on the first screen
   const SVGNS = "http://www.w3.org/2000/svg";
   const t0 = performance.now();
   const panes = [];
@@ -39,7 +41,10 @@
       this.root.dataset.nodeCount = String(this.nodes.length);
       const head = h("div", undefined, "pane-head");
       head.appendChild(h("strong", side.title || (index ? "after" : "before")));
-      head.appendChild(h("span", " " + this.nodes.length + " nodes, " +
+      const count = side.count == null || side.count < 0 ? this.nodes.length : side.count;
+      this.root.dataset.fileCount = String(count);
+      head.appendChild(h("span", " " + count + " nodes" +
+        (count !== this.nodes.length ? " (" + this.nodes.length + " drawn; Constant nodes are inputs here)" : "") + ", " +
         side.parameters.toLocaleString() + " parameters", "muted"));
       this.root.appendChild(head);
       this.svg = el("svg", { class: "graph" }, this.root);
@@ -204,6 +209,47 @@
         this.k = k;
         this.apply();
       }, { passive: false });
+    }
+
+    // -- the first screen: the graph's inputs at a readable scale --------------------------------
+    firstBoxes() {  // the boxes of the nodes that read a graph input, in graph order; else the top rank
+      const inputs = new Set(this.side.inputs.map((p) => p[0]));
+      const ids = new Set();
+      for (const n of this.nodes) if (n.i.some((p) => p && !p[3] && inputs.has(p[0]))) ids.add(this.rep(n));
+      const boxes = [...ids].map((id) => this.boxEls.get(id).box);
+      if (boxes.length) return boxes;
+      const all = [...this.boxEls.values()].map((it) => it.box);
+      const top = Math.min(...all.map((b) => b.y));
+      return all.filter((b) => b.y === top).sort((a, b) => a.x - b.x);
+    }
+
+    home() {
+      // The whole graph if it fits at a readable scale; else the width if that is readable; else
+      // READABLE, scrolled to the inputs. Fitting a wide graph's width instead (a quantized CNN whose
+      // weights' DequantizeLinear boxes spread 14,000 px) drew it at 0.3 and opened on blank space.
+      const r = this.svg.getBoundingClientRect();
+      const w = r.width || 600, h = r.height || 400;
+      const [gw, gh] = this.graphSize.map((v) => v || 1);
+      const fitW = (w - 2 * MARGIN) / gw, fitH = (h - 2 * MARGIN) / gh;
+      const whole = Math.min(1, fitW, fitH);
+      this.k = whole >= READABLE ? whole : Math.max(READABLE, Math.min(1, fitW));
+      const k = this.k;
+      let boxes = this.boxEls.size ? this.firstBoxes() : [];
+      const span = (bs) => [Math.min(...bs.map((b) => b.x - b.width / 2)), Math.max(...bs.map((b) => b.x + b.width / 2))];
+      if (boxes.length && (span(boxes)[1] - span(boxes)[0]) * k > w - 2 * MARGIN) boxes = boxes.slice(0, 1);
+      // across: centre the inputs, but leave no blank beside the graph when it is wider than the pane
+      const clamp = (v, lo, hi) => Math.min(hi, Math.max(lo, v));
+      if (gw * k <= w - 2 * MARGIN || !boxes.length) this.tx = Math.max(MARGIN, (w - gw * k) / 2);
+      else {
+        const [x0, x1] = span(boxes);
+        this.tx = clamp(w / 2 - (x0 + x1) / 2 * k, w - MARGIN - gw * k, MARGIN);
+      }
+      // down: the graph's top, unless that leaves the inputs' boxes below the pane (a graph input read
+      // only after a shape computation): then the highest of them at the top
+      const y0 = boxes.length ? Math.min(...boxes.map((b) => b.y - b.height / 2)) : 0;
+      const y1 = boxes.length ? Math.max(...boxes.map((b) => b.y + b.height / 2)) : 0;
+      this.ty = y1 * k <= h - 2 * MARGIN ? MARGIN : clamp(2 * MARGIN - y0 * k, h - MARGIN - gh * k, MARGIN);
+      this.apply();
     }
 
     center(id) {
@@ -417,14 +463,8 @@
     p.reveal(n.k);
     showDetails(p, n, partner(p.index, n.k));
   });
-  document.getElementById("collapse").addEventListener("click", () => panes.forEach((p) => p.regroup()));
-  panes.forEach((p) => {  // fit the width, start at the top
-    const w = p.svg.getBoundingClientRect().width || 600;
-    p.k = Math.max(0.3, Math.min(1, (w - 20) / (p.graphSize[0] || 1)));
-    p.tx = Math.max(10, (w - p.graphSize[0] * p.k) / 2);
-    p.ty = 10;
-    p.apply();
-  });
+  document.getElementById("collapse").addEventListener("click", () => panes.forEach((p) => { p.regroup(); p.home(); }));
+  panes.forEach((p) => p.home());
   document.body.dataset.ready = "1";
   document.body.dataset.renderMs = String(Math.round(performance.now() - t0));
   window.refoldViewer = { panes, data: DATA };
