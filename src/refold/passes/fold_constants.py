@@ -95,20 +95,28 @@ def fold_graph(g: Graph, opsets: dict[str, int], max_bytes: int, skipped: dict[s
         if isinstance(res, str):
             skipped[node.name or node.outputs[0].name] = Reason(f"{node.op}: {res}", "not-evaluated")
             continue
-        for old, arr in zip(node.outputs, res):
-            if old.kind == "omitted":
-                continue
-            if old.dtype is not None and arr.dtype != old.dtype.numpy() and old.dtype.itemsize_bits >= 8:
-                arr = arr.astype(old.dtype.numpy())
-            name = old.name
-            old.name = g.unique_name(name + "_unfolded")
-            new = g.add_const(Tensor.from_array(arr), name)
-            new.meta["provenance"] = {"rule": "fold-constants", "sources": [node.name or name]}
-            g.substitute(old, new)
-        if not any(v._uses for v in node.outputs):
-            remove_dead(g, [node])
-            folded += 1
+        folded += bool(replace_with_constants(g, node, res, "fold-constants"))
     return folded
+
+
+def replace_with_constants(g: Graph, node: Node, arrays: list[np.ndarray], rule: str) -> list:
+    """Every reader of ``node``'s outputs reads ``arrays`` instead (constants under the outputs'
+    names); the node goes when nothing reads it. The new constants, in output order."""
+    made = []
+    for old, arr in zip(node.outputs, arrays):
+        if old.kind == "omitted":
+            continue
+        if old.dtype is not None and arr.dtype != old.dtype.numpy() and old.dtype.itemsize_bits >= 8:
+            arr = arr.astype(old.dtype.numpy())
+        name = old.name
+        old.name = g.unique_name(name + "_unfolded")
+        new = g.add_const(Tensor.from_array(arr), name)
+        new.meta["provenance"] = {"rule": rule, "sources": [node.name or name]}
+        g.substitute(old, new)
+        made.append(new)
+    if not any(v.users for v in node.outputs):
+        remove_dead(g, [node])
+    return made
 
 
 class FoldConstants(Pass):
