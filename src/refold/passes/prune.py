@@ -149,19 +149,24 @@ class Prune(Pass):
 def untie_constants(model: Model) -> int:
     """Give each reader of a shared constant its own copy (not a trainable parameter: tied weights
     stay tied). Exporters deduplicate equal initializers — the zero biases of every 256-wide conv
-    become one tensor — and a shared constant would couple layers that have nothing in common."""
+    become one tensor, the split sizes [16, 16] of every C2f block of that width one int64
+    tensor — and a shared constant would couple layers that have nothing in common (or shrink
+    one block's split sizes for another's channels)."""
     count = 0
     g = model.graph
     for v in list(g.initializers.values()):
-        if v.const is None or v.kind == "param" or v.dtype is None or not v.dtype.is_float:
+        if v.const is None or v.kind == "param" or v.dtype is None:
             continue
-        readers = list(dict.fromkeys(n for n, _ in v.uses()))
-        for n in readers[1:]:
+        if v.dtype.is_float:
+            readers = list(dict.fromkeys(n for n, _ in v.uses()))
+            uses = [(n, [i for i, u in enumerate(n.inputs) if u is v]) for n in readers[1:]]
+        else:  # sizes and bounds: one per use (a Slice reading [1] as its start and its axis)
+            uses = [(n, [i]) for n, i in v.uses()[1:]]
+        for n, positions in uses:
             copy = g.add_const(Tensor.from_array(np.array(v.const.numpy(), copy=True)), prefix=v.name)
             copy.shape, copy.dtype = v.shape, v.dtype
-            for i, u in enumerate(n.inputs):
-                if u is v:
-                    n.set_input(i, copy)
+            for i in positions:
+                n.set_input(i, copy)
             count += 1
     return count
 

@@ -5,8 +5,11 @@ tensor axis with channel j of another, or returns why the op blocks pruning ther
     conv:          y[:, o] ~ W[o] ~ b[o];   x[:, i] ~ W[:, i]  (depthwise: x[:, i] ~ y[:, i*m .. i*m+m-1])
     linear:        y[..., o] ~ W[o] ~ b[o]; x[..., i] ~ W[:, i]
     elementwise:   x[c] ~ y[c] (broadcast axes of size 1 excepted)
-    concat:        x_k[c] ~ y[offset_k + c]
     flatten:       x[:, c] ~ y[:, c*HW .. c*HW + HW - 1]
+    reshape_as:    y[.., c] ~ other[.., c]
+
+Concat, split, chunk and slice are in ``channel_pieces.py``; Shape and the computations it feeds
+in ``channel_shapes.py``; attention matmuls in ``channel_attention.py``.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from typing import Any
 import numpy as np
 
 from refold.ir.graph import CORE, Node, Value
+from refold.passes.analysis import channel_pieces as pieces
 from refold.passes.analysis.channel_attention import attention_matmul, axes_of, sdpa
+from refold.passes.analysis.channel_shapes import shape_rule, target_entry
 
 ChannelGraph = Any  # the builder in channels.py, which imports these rules (so not imported here)
 
@@ -72,6 +77,20 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
     why = _axiswise(cg, n, v, axis)
     if why != _NOT_AXISWISE:
         return why
+    if d == CORE and n.op == "concat":
+        return pieces.concat(cg, n, v, axis)
+    if d == CORE and n.op == "split":
+        return pieces.split(cg, n, v, axis, n.attrs.get("axis", 0))
+    if d == "aten" and n.op in ("chunk", "split", "split_with_sizes", "unsafe_split", "unsafe_chunk"):
+        args = n.attrs.get("args") or []
+        dim = args[2] if len(args) > 2 else (n.attrs.get("kwargs") or {}).get("dim", 0)
+        if v is not ins[0] and v not in outs or not isinstance(dim, int):
+            return "a split along a computed axis"
+        return pieces.split(cg, n, v, axis, dim)
+    if d == CORE and n.op == "slice":
+        return pieces.slice_(cg, n, v, axis)
+    if d == "onnx" and n.op == "Shape":
+        return shape_rule(cg, n, v, axis)
     if isinstance(axis, tuple):
         return f"{n.qualified_op}: no rule for channels spread over several axes (attention heads)"
     if d == CORE and n.op == "conv":
@@ -116,16 +135,6 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
             return "resamples this axis"
         cg._identity(v, axis, y if v is ins[0] else ins[0], axis)
         return None
-    if d == CORE and n.op == "concat":
-        return _concat(cg, n, v, axis)
-    if d == CORE and n.op == "split":
-        return _split(cg, n, v, axis, n.attrs.get("axis", 0))
-    if d == "aten" and n.op in ("chunk", "split", "split_with_sizes", "unsafe_split", "unsafe_chunk"):
-        args = n.attrs.get("args") or []
-        dim = args[2] if len(args) > 2 else (n.attrs.get("kwargs") or {}).get("dim", 0)
-        if v is not ins[0] and v not in outs or not isinstance(dim, int):
-            return "a split along a computed axis"
-        return _split(cg, n, v, axis, dim)
     if d == CORE and n.op in ("reshape", "flatten") or d == "aten" and n.op == "flatten":
         if v is not ins[0] and v is not y:
             return None  # the target shape: followed through _shape_member
@@ -166,8 +175,6 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
             if src not in axes:
                 cg._identity(v, axis, ins[0], src)
         return None
-    if d == CORE and n.op == "slice":
-        return _slice(cg, n, v, axis)
     if d == CORE and n.op == "reduce_mean" or d == "onnx" and n.op in ("ReduceMean", "ReduceSum", "ReduceMax"):
         axes = n.attrs.get("axes")
         if axes is None and len(ins) > 1:
@@ -187,7 +194,10 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
         return None
     if d == "onnx" and n.op in ("Squeeze", "Unsqueeze"):
         return _squeeze(cg, n, v, axis)
-    if d == "onnx" and n.op == "Shape" or d == "aten" and n.op in ("sym_size", "size"):
+    if d == "aten" and n.op in ("sym_size", "size"):
+        dim = (n.attrs.get("args") or [None, None])[1] if len(n.attrs.get("args") or ()) > 1 else None
+        if isinstance(dim, int) and dim % len(v.shape) not in axes_of(axis):
+            return None  # reads another axis (the batch, the image size)
         return "its width feeds a shape computation"
     if n.op in ("quantize_linear", "dequantize_linear", "QuantizeLinear", "DequantizeLinear"):
         return "already quantized"
@@ -195,7 +205,7 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
 
 
 _NOT_AXISWISE = "not axis-wise"
-_VIEWS = {CORE: {"reshape", "flatten"}, "aten": {"view", "_unsafe_view", "reshape", "flatten"}}
+_VIEWS = {CORE: {"reshape", "flatten"}, "aten": {"view", "_unsafe_view", "reshape", "flatten", "reshape_as", "view_as"}}
 
 
 def _axiswise(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
@@ -246,6 +256,9 @@ def _axiswise(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
         cg.project(v, axis, y if v is ins[0] else ins[0], list(comps))
         return None
     if n.op in _VIEWS.get(d, ()) and (isinstance(axis, tuple) or d == "aten" and n.op != "flatten"):
+        if n.op in ("reshape_as", "view_as") and v is ins[1]:  # y has other's shape: y[.., c] ~ other[.., c]
+            cg.project(v, axis, y, list(comps))
+            return None
         if v is not ins[0] and v is not y:
             return None
         return _reshape(cg, n, v, axis)
@@ -367,90 +380,6 @@ def _dense(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
     return None
 
 
-def _concat(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
-    y = n.outputs[0]
-    cat = n.attrs["axis"] % len(y.shape)
-    if axis != cat:
-        for u in [*n.inputs, y]:
-            if u is not v and u is not None:
-                cg._identity(v, axis, u, axis)
-        return None
-    offsets, off = [], 0
-    for u in n.inputs:
-        offsets.append(off)
-        size = u.shape[cat]
-        if not isinstance(size, int):
-            return "concat of inputs without static sizes"
-        off += size
-    if v is y:
-        for u, o in zip(n.inputs, offsets):
-            cg._link(y, cat, u, cat, ((o + i, i) for i in range(u.shape[cat])))
-    else:  # every place v appears: cat([x, x]) ties x's channel c to both copies
-        for u, o in zip(n.inputs, offsets):
-            if u is v:
-                cg._link(v, cat, y, cat, ((i, o + i) for i in range(u.shape[cat])))
-    return None
-
-
-def _split(cg: ChannelGraph, n: Node, v: Value, axis: int, split_axis: int) -> str | None:
-    """Pieces by sizes (a constant: its entries shrink with the pieces), or equal pieces (chunk,
-    num_outputs): channel j of every piece together, so the pieces stay equal."""
-    x = n.inputs[0]
-    ax = split_axis % len(x.shape)
-    if axis != ax:
-        for u in [x, *n.outputs]:
-            if u is not v:
-                cg._identity(v, axis, u, axis)
-        return None
-    sizes_v = n.inputs[1] if n.domain == CORE and len(n.inputs) > 1 else None
-    sizes = [o.shape[ax] for o in n.outputs]
-    if not all(isinstance(d, int) for d in sizes):
-        return "a split into pieces without static sizes"
-    by_sizes = sizes_v is not None
-    if n.dialect == "onnx" and len(n.inputs) > 1 and n.inputs[1] is not None:
-        return "an ONNX Split by sizes (not raised)"
-    if not by_sizes and len(set(sizes)) > 1:
-        return "an equal split with a smaller last piece"
-    off = 0
-    for j, o in enumerate(n.outputs):
-        size = sizes[j]
-        if v is x:
-            cg._link(x, ax, o, ax, ((off + i, i) for i in range(size)))
-        elif v is o:
-            cg._link(o, ax, x, ax, ((i, off + i) for i in range(size)))
-        if by_sizes:
-            if sizes_v.const is None:
-                return "a split by computed sizes"
-            cg.shape_members[(o.name, ax)].append((sizes_v.name, j, 1, 1))
-        elif j:  # equal pieces: channel i of piece j with channel i of the first
-            cg._link(x, ax, x, ax, ((off + i, i) for i in range(size))) if cg._track(x, ax) else None
-        off += size
-    return None
-
-
-def _slice(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
-    x, y = n.inputs[0], n.outputs[0]
-    starts, ends = _const_ints(n.inputs[1]), _const_ints(n.inputs[2])
-    axes = _const_ints(n.inputs[3]) if len(n.inputs) > 3 and n.inputs[3] is not None else None
-    steps = _const_ints(n.inputs[4]) if len(n.inputs) > 4 and n.inputs[4] is not None else None
-    if starts is None or ends is None:
-        return "a slice with computed bounds"
-    rank = len(x.shape)
-    axes = [a % rank for a in (axes or range(len(starts)))]
-    steps = steps or [1] * len(starts)
-    if axis not in axes:
-        cg._identity(v, axis, y if v is x else x, axis)
-        return None
-    k = axes.index(axis)
-    size = x.shape[axis]
-    idx = list(range(size))[slice(starts[k], ends[k], steps[k])]
-    if v is x:
-        cg._link(x, axis, y, axis, ((i, j) for j, i in enumerate(idx)))
-    else:
-        cg._link(y, axis, x, axis, ((j, i) for j, i in enumerate(idx)))
-    return None
-
-
 def _squeeze(cg: ChannelGraph, n: Node, v: Value, axis: int) -> str | None:
     x, y = n.inputs[0], n.outputs[0]
     axes = n.attrs.get("axes") or _const_ints(n.inputs[1] if len(n.inputs) > 1 else None)
@@ -560,6 +489,9 @@ def _shape_member(cg: ChannelGraph, n: Node, out_axis: int, inner: int, v: Value
     if n.dialect == "aten":
         if n.op == "flatten":
             return
+        if n.op in ("reshape_as", "view_as"):  # the target is the other tensor's shape: its axis follows
+            cg._identity(n.outputs[0], out_axis, n.inputs[1], out_axis)
+            return
         args = n.attrs.get("args") or []
         values = list(args[1]) if len(args) > 1 and isinstance(args[1], (list, tuple)) else None
         target = f"args:{n.name}"
@@ -568,6 +500,15 @@ def _shape_member(cg: ChannelGraph, n: Node, out_axis: int, inner: int, v: Value
             return
         values = _const_ints(n.inputs[1])
         target = n.inputs[1].name
+        if values is None:  # computed at run time: from a width it follows; from constants they shrink
+            got = target_entry(cg, n.inputs[1], out_axis)
+            if isinstance(got, str):
+                cg._block(v, axis, f"{n.label()}: {got}", "shape")
+            elif got[0] == "width":
+                cg._identity(n.outputs[0], out_axis, got[1], got[2])
+            elif got[0] == "literal":
+                cg.shape_members[(v.name, cg._norm(v, axis))].append((got[1], got[2], inner, den))
+            return
     if values is None or out_axis >= len(values):
         cg._block(v, axis, f"{n.label()}: the reshape target is computed (fold-constants first may settle it)",
                   "shape")

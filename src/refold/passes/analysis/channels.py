@@ -74,7 +74,8 @@ class ChannelGraph:
         self.g = nx.Graph()
         self.sizes: dict[Track, int] = {}
         self.blocked: dict[Track, Reason] = {}
-        self.shape_members: dict[Track, list[tuple[str, int, int]]] = defaultdict(list)
+        # (target, position, channels per unit's channel, divisor[, (lo, hi): count only those channels])
+        self.shape_members: dict[Track, list[tuple]] = defaultdict(list)
         self._values = {}
         for v in self.graph.inputs:
             self._values[v.name] = v
@@ -272,14 +273,15 @@ class ChannelGraph:
                 why = Reason("no weights to slice", "no-weights")
             shapes, seen = [], set()
             for k in key:
-                for target, pos, inner, den in self.shape_members.get(k, ()):
+                for target, pos, inner, den, *span in self.shape_members.get(k, ()):
                     if (target, pos) in seen:  # a reshape records its target from both sides
                         continue
                     seen.add((target, pos))
-                    per_unit = [inner * sum(1 for n2, a2, _ in c if (n2, a2) == k) for c in comps]
+                    lo, hi = span[0] if span else (0, self.sizes[k])  # a slice bound counts the channels below it
+                    per_unit = [inner * sum(1 for n2, a2, i in c if (n2, a2) == k and lo <= i < hi) for c in comps]
                     if any(x % den for x in per_unit) and why is None:
-                        why = Reason("would remove part of a head (a split axis keeps its size only "
-                                     "when whole rows of it go)", "partial-head")
+                        why = Reason(f"would remove part of a head: '{target}' spells the size at {pos} in whole "
+                                     f"rows of {den}, and a unit holds part of one", "partial-head")
                     shapes.append((target, pos, [x // den for x in per_unit]))
             groups.append(Group(len(groups), len(comps), params, acts, sources, shapes, why,
                                 heads=any(k in self.attention for k in key)))
@@ -293,5 +295,11 @@ def _track_order(track: tuple) -> tuple:
 
 
 def _symbolic_scalar(v: Value) -> bool:
-    """A size torch.export computes at run time (``sym_size``): an argument, not a tensor."""
-    return v.producer is not None and v.producer.op in ("sym_size", "sym_numel", "sym_stride")
+    """A size torch.export computes at run time (``sym_size``, and Python arithmetic on such
+    sizes: ``(h - 1) // 4 + 1``): an argument, not a tensor."""
+    p = v.producer
+    if p is None:
+        return False
+    if p.op in ("sym_size", "sym_numel", "sym_stride"):
+        return True
+    return p.domain == "torch.fn" and all(u is None or _symbolic_scalar(u) for u in p.inputs)
