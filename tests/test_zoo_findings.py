@@ -108,3 +108,65 @@ def test_gather_nd_matches_the_reference_evaluator():
         got = ONNX_TORCH["GatherND"]([torch.from_numpy(x), torch.from_numpy(idx.astype(np.int64))],
                                      {"batch_dims": b}, 18)[0]
         assert got.shape == want.shape and np.allclose(got.numpy(), want), (b, xs, ish)
+
+
+def test_torch_runner_keeps_integer_types_and_scatters():
+    """RoBERTa / MPNet exported by the TorchScript-based exporter compute position ids with an
+    int32 CumSum: the torch runner widened it to int64 (torch's default for integer sums) and the
+    compiled model stopped with 'Mismatched ..._CumSum_output_0.dtype'. BEiT's index assignment is
+    a ScatterND the runner lacked."""
+    import numpy as np
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+
+    from refold.runtime.onnx_torch import ONNX_TORCH
+
+    mask = torch.tensor([[1, 1, 0]], dtype=torch.int32)
+    assert ONNX_TORCH["CumSum"]([mask, torch.tensor(1)], {}, 14)[0].dtype == torch.int32
+    assert ONNX_TORCH["ReduceSum"]([mask, torch.tensor([1])], {}, 13)[0].dtype == torch.int32
+    assert ONNX_TORCH["ReduceProd"]([mask, torch.tensor([1])], {}, 18)[0].dtype == torch.int32
+    rng = np.random.default_rng(0)
+    for how in ("none", "add", "mul", "max", "min"):
+        for xs, ish in [((4, 5, 6), (3, 2)), ((4, 5), (2, 1)), ((4, 5, 6), (2, 3))]:
+            x, k = rng.random(xs).astype(np.float32), ish[-1]
+            idx = np.stack([rng.permutation(xs[j])[:ish[0]] if how == "none" else
+                            rng.integers(0, xs[j], ish[:-1]) for j in range(k)], -1).astype(np.int64)
+            upd = rng.random((*ish[:-1], *xs[k:])).astype(np.float32)
+            attrs = {} if how == "none" else {"reduction": how}
+            ios = [helper.make_tensor_value_info(n, t, None) for n, t in
+                   (("x", TensorProto.FLOAT), ("i", TensorProto.INT64), ("u", TensorProto.FLOAT))]
+            g = helper.make_graph([helper.make_node("ScatterND", ["x", "i", "u"], ["y"], **attrs)], "g", ios,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+            ref = ReferenceEvaluator(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+            want = ref.run(None, {"x": x, "i": idx, "u": upd})[0]
+            got = ONNX_TORCH["ScatterND"]([torch.from_numpy(x), torch.from_numpy(idx), torch.from_numpy(upd)],
+                                          attrs, 18)[0]
+            assert np.allclose(got.numpy(), want), (how, xs, ish)
+
+
+def test_pads_spelled_out_by_the_torchscript_exporter_do_not_block_pruning(tmp_path):
+    """transformers' MobileNetV2 pads TF-style with F.pad; the TorchScript-based exporter writes
+    the pads as ConstantOfShape / Concat / Reshape / reversing Slice / Transpose / Cast of
+    constants, and prune declined all 42 groups ('a pad with computed amounts'). raise-to-core
+    now resolves integer vectors computed from constants alone."""
+    import zoo
+
+    m, (x,) = zoo.tiny_hf_model("mobilenetv2")
+
+    class Features(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).last_hidden_state
+
+    path = str(tmp_path / "mv2.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Features(), (x,), path, dynamo=False, opset_version=17, input_names=["x"],
+                          training=torch.onnx.TrainingMode.PRESERVE)
+    _, report = refold.optimize(path, passes=["prune:ratio=0.3"])
+    stats = report.record("prune").stats
+    assert stats["pruned_groups"] >= 20 and stats["params_after"] < 0.7 * stats["params_before"]
+    assert not any("computed amounts" in why for why in stats.get("not_pruned", {}).values())

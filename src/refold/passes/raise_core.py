@@ -15,7 +15,8 @@ from refold.passes.fold_constants import fold_node, replace_with_constants
 
 # Ops that carry a value computed from weights' shapes and dtypes on to the operand it becomes.
 _STATIC_CHAIN = frozenset({"Cast", "CastLike", "Concat", "ConstantOfShape", "Expand", "Gather", "Reshape",
-                           "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "Tile", "Range"})
+                           "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "Tile", "Range",
+                           "Transpose"})
 _STATIC_BYTES = 1 << 16  # biases and shape vectors; folding weights is fold-constants' job
 
 
@@ -27,7 +28,9 @@ def resolve_static_values(model: Model) -> int:
     x, for its dtype). Made a constant, it lets fuse-conv-bn fold and prune cut that conv.
     ``Shape(W)`` of a constant, ``CastLike(c, x)`` of a typed x and Constant nodes the importer kept
     as nodes (they carry metadata) seed the resolution; ops of ``_STATIC_CHAIN`` whose constant
-    inputs include a resolved value follow (64 KiB cap)."""
+    inputs include a resolved value follow (64 KiB cap), as do those that compute an integer vector
+    from constants alone (the TorchScript-based exporter spells F.pad's pads so: ConstantOfShape,
+    Concat, Reshape, a reversing Slice, Transpose, Cast)."""
     count = 0
     for g in list(model.graph.all_graphs()):
         resolved: set[int] = set()
@@ -54,9 +57,11 @@ def _static_outputs(g: Graph, node: Node, resolved: set[int], opsets: dict[str, 
         shape = list(ins[0].const.shape)
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
         return [np.array(shape[start:end], dtype=np.int64)]
-    follows = node.op in _STATIC_CHAIN and all(v.const is not None for v in ins) \
-        and any(id(v) in resolved for v in ins)
-    if not follows:
+    if node.op not in _STATIC_CHAIN or not all(v.const is not None for v in ins):
+        return None
+    follows = any(id(v) in resolved for v in ins)
+    integral = all(v.dtype is not None and not v.dtype.is_float for v in node.outputs)
+    if not (follows or integral):  # an integer vector of constants: pads, axes, a shape
         return None
     res = fold_node(node, opsets, _STATIC_BYTES, max_growth=0)
     return None if isinstance(res, str) else res

@@ -328,17 +328,18 @@ def _reduce(fn, *, from_opset: int = 18):
 
 
 ONNX_TORCH["ReduceMean"] = _reduce(lambda x, d, k: x.mean(dim=d, keepdim=k))
-ONNX_TORCH["ReduceSum"] = _reduce(lambda x, d, k: x.sum(dim=d, keepdim=k), from_opset=13)
+# torch widens integer sums and products to int64; ONNX keeps the input's type
+ONNX_TORCH["ReduceSum"] = _reduce(lambda x, d, k: x.sum(dim=d, keepdim=k, dtype=x.dtype), from_opset=13)
 ONNX_TORCH["ReduceMax"] = _reduce(lambda x, d, k: x.amax(dim=d, keepdim=k))
 ONNX_TORCH["ReduceMin"] = _reduce(lambda x, d, k: x.amin(dim=d, keepdim=k))
 ONNX_TORCH["ReduceProd"] = _reduce(lambda x, d, k: _prod(x, d, k))
 ONNX_TORCH["ReduceL2"] = _reduce(lambda x, d, k: (x * x).sum(dim=d, keepdim=k).sqrt())
-ONNX_TORCH["ReduceSumSquare"] = _reduce(lambda x, d, k: (x * x).sum(dim=d, keepdim=k))
+ONNX_TORCH["ReduceSumSquare"] = _reduce(lambda x, d, k: (x * x).sum(dim=d, keepdim=k, dtype=x.dtype))
 
 
 def _prod(x, dims, keep):
     for d in sorted(dims, reverse=True):
-        x = x.prod(dim=d, keepdim=keep)
+        x = x.prod(dim=d, keepdim=keep, dtype=x.dtype)
     return x
 
 

@@ -193,7 +193,7 @@ def _cumsum(ins, a, opset):
     x, axis = ins[0], int(ins[1].item())
     if a.get("reverse", 0):
         x = x.flip(axis)
-    y = x.cumsum(axis)
+    y = x.cumsum(axis, dtype=x.dtype)  # torch widens int32 / bool sums to int64; ONNX keeps the type
     if a.get("exclusive", 0):
         y = y - x
     return [y.flip(axis) if a.get("reverse", 0) else y]

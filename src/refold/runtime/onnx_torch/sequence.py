@@ -1,7 +1,8 @@
 """ONNX sequence ops as torch: a sequence is a Python list of tensors.
 
 The dynamo exporter writes ``torch.split`` / ``chunk`` with data-dependent piece counts as
-SplitToSequence + SequenceAt (GPT-2's fused qkv projection, for one).
+SplitToSequence + SequenceAt (GPT-2's fused qkv projection, for one). GatherND and ScatterND, the
+indexing exporters write for advanced indexing and index assignment, live here too.
 """
 from __future__ import annotations
 
@@ -84,3 +85,26 @@ def _gather_nd(ins, a, opset):
     rows = torch.arange(xf.shape[0], device=x.device).unsqueeze(1).expand(-1, idf.shape[1])
     out = xf[(rows, *idf.unbind(-1))]                     # [B, n, rest after the k axes]
     return [out.reshape((*batch, *idx.shape[b:-1], *x.shape[b + k:]))]
+
+
+@onnx_op("ScatterND")
+def _scatter_nd(ins, a, opset):
+    # out = x; out[idx[..., :]] = updates (reduction none / add / mul / max / min)
+    x, idx, upd = ins
+    k = idx.shape[-1]
+    idx = torch.where(idx < 0, idx + torch.tensor(x.shape[:k], device=idx.device), idx)
+    where = tuple(idx.reshape(-1, k).unbind(-1))
+    upd = upd.reshape(-1, *x.shape[k:])
+    out = x.clone()
+    how = a.get("reduction", "none")
+    how = how.decode() if isinstance(how, bytes) else how
+    if how == "none":
+        out[where] = upd
+    elif how == "add":
+        out.index_put_(where, upd, accumulate=True)
+    else:
+        fn = {"mul": torch.mul, "max": torch.maximum, "min": torch.minimum}[how]
+        for i in range(upd.shape[0]):  # duplicates apply in order, as the reference does
+            at = tuple(w[i] for w in where)
+            out[at] = fn(out[at], upd[i])
+    return [out]
