@@ -170,3 +170,35 @@ def test_pads_spelled_out_by_the_torchscript_exporter_do_not_block_pruning(tmp_p
     stats = report.record("prune").stats
     assert stats["pruned_groups"] >= 20 and stats["params_after"] < 0.7 * stats["params_before"]
     assert not any("computed amounts" in why for why in stats.get("not_pruned", {}).values())
+
+
+def test_dynamo_bert_linears_and_attention_are_prunable(tmp_path):
+    """BERT exported with dynamo=True, optimize=False writes each Linear as MatMul(x, Transpose(W))
+    and guards its softmax with IsNaN: prune found no channel groups at all. Now the transposed
+    weight is stored transposed (raise-to-core) and elementwise predicates pass channels through:
+    the FFN and attention groups prune as in the torch world; the residual stream stays (it is
+    normalised by LayerNorms), and says so."""
+    import zoo
+
+    m, (ids,) = zoo.tiny_hf_model("bert")
+
+    class Hidden(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m(x).last_hidden_state
+
+    path = str(tmp_path / "bert.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Hidden(), (ids,), path, dynamo=True, optimize=False)
+    assert "IsNaN" in {n.op_type for n in onnx.load(path).graph.node}
+    proto, report = refold.optimize(path, passes=["prune:ratio=0.3"])
+    stats = report.record("prune").stats
+    assert stats["prunable"] >= 4 and stats["pruned_groups"] >= 2
+    assert stats["params_after"] < 0.92 * stats["params_before"]
+    assert all("layer_norm" in why for why in stats["not_pruned"].values())
+    weights = {t.name for t in proto.graph.initializer}
+    assert not [n.name for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in weights]

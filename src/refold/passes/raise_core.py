@@ -57,6 +57,9 @@ def _static_outputs(g: Graph, node: Node, resolved: set[int], opsets: dict[str, 
         shape = list(ins[0].const.shape)
         start, end = node.attrs.get("start", 0), node.attrs.get("end")
         return [np.array(shape[start:end], dtype=np.int64)]
+    if node.op == "Transpose" and _weight_relayout(node):  # MatMul(x, Transpose(W)): torch's Linear
+        perm = node.attrs.get("perm")
+        return [np.ascontiguousarray(np.transpose(ins[0].const.numpy(), perm))]
     if node.op not in _STATIC_CHAIN or not all(v.const is not None for v in ins):
         return None
     follows = any(id(v) in resolved for v in ins)
@@ -91,3 +94,12 @@ class RaiseToCore(Pass):
                           {"raised": result.raised, "static_values": static, "patterns": result.patterns.total,
                            "rewrites": result.changed, "by_rule": dict(result.patterns.applied),
                            "not_raised": not_raised})
+
+
+def _weight_relayout(node: Node) -> bool:
+    """A Transpose of a weight that only it reads, feeding only MatMul / Gemm operands: storing
+    the transposed weight costs no byte more and gives those ops a constant operand (the dynamo
+    exporter writes every Linear so when not optimizing)."""
+    w, y = node.inputs[0], node.outputs[0]
+    return (w is not None and w.const is not None and len(w.users) == 1 and bool(y.users)
+            and all(u.is_op("MatMul", "") or u.is_op("Gemm", "") for u in y.users))

@@ -28,16 +28,20 @@ _UNARY = {
     CORE: {"relu", "sigmoid", "sqrt", "tanh", "silu", "hardswish", "gelu"},
     "onnx": {"Relu", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Softplus",
              "Clip", "Erf", "Exp", "Abs", "Neg", "Sqrt", "Identity", "Dropout", "Cast", "Floor", "Ceil",
-             "Round", "Reciprocal", "Mish", "Gelu", "Celu", "ThresholdedRelu"},
+             "Round", "Reciprocal", "Mish", "Gelu", "Celu", "ThresholdedRelu", "IsNaN", "IsInf", "Not",
+             "Sign", "Softsign", "Log", "Sin", "Cos", "CastLike"},
     "aten": {"relu", "relu_", "sigmoid", "tanh", "hardtanh", "hardtanh_", "hardswish", "hardswish_",
              "hardsigmoid", "silu", "silu_", "gelu", "dropout", "clone", "contiguous", "alias", "detach",
              "leaky_relu", "elu", "clamp", "clamp_min", "neg", "abs", "exp", "sqrt", "rsqrt", "erf",
-             "_to_copy", "to", "mish", "dropout_", "feature_dropout", "alpha_dropout", "_assert_tensor_metadata"},
+             "_to_copy", "to", "mish", "dropout_", "feature_dropout", "alpha_dropout", "_assert_tensor_metadata",
+             "isnan", "isinf", "logical_not", "sign", "log", "sin", "cos", "reciprocal"},
 }
 _BINARY = {
     CORE: {"add", "sub", "mul", "div"},
-    "onnx": {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "PRelu"},
-    "aten": {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "maximum", "minimum", "where", "pow"},
+    "onnx": {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "PRelu",
+             "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod"},
+    "aten": {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "maximum", "minimum", "where", "pow",
+             "eq", "lt", "gt", "le", "ge", "logical_and", "logical_or", "remainder", "rsub"},
 }
 _POOL = {  # batch and channel axes kept; spatial ones resampled
     "onnx": {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "Resize", "Upsample"},
