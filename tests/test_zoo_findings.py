@@ -202,3 +202,66 @@ def test_dynamo_bert_linears_and_attention_are_prunable(tmp_path):
     assert all("layer_norm" in why for why in stats["not_pruned"].values())
     weights = {t.name for t in proto.graph.initializer}
     assert not [n.name for n in proto.graph.node if n.op_type == "Transpose" and n.input[0] in weights]
+
+
+def _caffe2_style(tmp_path) -> str:
+    """An opset-9 graph the way the onnx model zoo's Caffe2 exports are written: conv, LRN,
+    Dropout with its ratio attribute, two branches summed with Sum, then a classifier."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.2).astype(np.float32), name)
+
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("LRN", ["r1"], ["n1"], size=5, alpha=1e-3, beta=0.75, bias=1.0),
+        helper.make_node("Conv", ["n1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["n1", "w3", "b3"], ["c3"]),
+        helper.make_node("Sum", ["c2", "c3"], ["s"]),
+        helper.make_node("Relu", ["s"], ["r2"]),
+        helper.make_node("Dropout", ["r2"], ["d"], ratio=0.5),
+        helper.make_node("GlobalAveragePool", ["d"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w4", "b4"], ["y"], transB=1),
+    ]
+    inits = [w("w1", 16, 3, 3, 3), w("b1", 16), w("w2", 16, 16, 3, 3), w("b2", 16), w("w3", 16, 16, 1, 1),
+             w("b3", 16), w("w4", 5, 16), w("b4", 5)]
+    g = helper.make_graph(nodes, "caffe2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 12, 12])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])], inits)
+    path = str(tmp_path / "caffe2.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)], ir_version=4), path)
+    return path
+
+
+def test_onnx_zoo_alexnet_and_shufflenet_ops(tmp_path):
+    """The onnx zoo's AlexNet: quantize raised it to opset 13 for per-channel pairs and wrote
+    Dropout's ratio attribute (an input since opset 12), which ORT refused; compile had no LRN in
+    torch. ShuffleNet's branches join with Sum, which had no channel rule: 0 of 49 groups."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from refold.runtime.torch_runner import TorchRunner
+
+    path = _caffe2_style(tmp_path)
+    x = np.random.default_rng(1).random((1, 3, 12, 12), dtype=np.float32)
+    want = ort.InferenceSession(path).run(None, {"x": x})[0]
+    got = TorchRunner(refold.load(path)).run({"x": x})
+    got = np.asarray(got[0] if isinstance(got, (list, tuple)) else next(iter(got.values())))
+    assert np.abs(got - want).max() < 1e-5  # LRN in torch
+
+    q = refold.passes.Quantize(calibration="minmax", data=[{"x": x}])
+    proto, report = refold.optimize(path, passes=[q])
+    assert proto.opset_import[0].version >= 13 and report.record("quantize").stats["quantized"] == 4
+    drop = next(n for n in proto.graph.node if n.op_type == "Dropout")
+    assert not drop.attribute and len(drop.input) == 2  # ratio as an input
+    ort.InferenceSession(proto.SerializeToString())  # loads: was INVALID_GRAPH
+
+    _, report = refold.optimize(path, passes=["prune:ratio=0.3"])
+    stats = report.record("prune").stats
+    assert stats["pruned_groups"] == 1  # the two convs summed; c1 feeds LRN, which mixes channels
+    assert not any("Sum" in why for why in stats["not_pruned"].values())
+    assert any("LRN" in why for why in stats["not_pruned"].values())

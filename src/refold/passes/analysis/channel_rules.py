@@ -39,7 +39,7 @@ _UNARY = {
 _BINARY = {
     CORE: {"add", "sub", "mul", "div"},
     "onnx": {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Equal", "Less", "Greater", "PRelu",
-             "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod"},
+             "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod", "Sum", "Mean"},
     "aten": {"add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_", "maximum", "minimum", "where", "pow",
              "eq", "lt", "gt", "le", "ge", "logical_and", "logical_or", "remainder", "rsub"},
 }

@@ -9,6 +9,7 @@ attribute into an input, and are rewritten here:
     ReduceMax/Min/Prod/...(x, axes=a) (< 18) ==>  ReduceMax/Min/Prod/...(x, const a)
     Split(x, split=s)                 (< 13) ==>  Split(x, const s)
     Split(x) into k outputs           (< 18) ==>  Split(x, num_outputs=k)
+    Dropout(x, ratio=r)               (< 12) ==>  Dropout(x, const r)  (its mask unread: its type changed)
 
 Anything else whose meaning changes between the two opsets blocks the raise, and is named.
 """
@@ -30,7 +31,7 @@ _SAME_SINCE = {op: 1 for op in (
     "Max", "Min", "Sum", "Mean", "If", "Loop", "And", "Or", "Xor", "GreaterOrEqual", "LessOrEqual",
     "Mod", "Einsum", "GatherElements", "GatherND", "ScatterND", "ScatterElements", "NonZero",
     "TopK", "ArgMax", "ArgMin", "PRelu", "Softplus", "Softsign", "HardSwish", "Round", "Sin", "Cos",
-    "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "OneHot", "Dropout")}
+    "InstanceNormalization", "LRN", "DepthToSpace", "SpaceToDepth", "OneHot")}
 _SAME_SINCE.update({"Reshape": 5, "Slice": 10, "Clip": 11, "TopK": 10, "MaxPool": 8, "AveragePool": 7,
                     "BatchNormalization": 9, "ConstantOfShape": 9, "Resize": 11, "Pad": 11,
                     "CumSum": 11, "Squeeze": 13, "Unsqueeze": 13, "Trilu": 14, "LSTM": 7, "GRU": 7,
@@ -57,6 +58,8 @@ def _adaptable(n: Node, have: int, target: int) -> bool:
     moved = _AXES_TO_INPUT.get(n.op)
     if moved is not None and have < moved <= target:
         return len(n.inputs) == 1  # axes still an attribute (or absent)
+    if n.op == "Dropout" and have < 12 <= target:
+        return len(n.inputs) == 1 and all(not o.users for o in n.outputs[1:])
     if n.op == "Split" and (have < 13 <= target or have < 18 <= target):
         return have >= 13 or len(n.inputs) == 1  # the split sizes still an attribute (or absent)
     return False
@@ -101,6 +104,12 @@ def raise_opset(model: Model, target: int) -> None:
                     n.set_input(1, g.add_const(np.asarray(list(sizes), np.int64), prefix=f"{n.name or n.op}_split"))
                 elif target >= 18 and (len(n.inputs) < 2 or n.inputs[1] is None):
                     n.attrs["num_outputs"] = len(n.outputs)
+                continue
+            if n.op == "Dropout":  # Dropout(x, ratio=r) -> Dropout(x, r); is_test (< 7) is gone
+                n.attrs.pop("is_test", None)
+                ratio = n.attrs.pop("ratio", None)
+                if ratio is not None:
+                    n.set_input(1, g.add_const(np.asarray(ratio, np.float32), prefix=f"{n.name or n.op}_ratio"))
                 continue
             axes = n.attrs.pop("axes", None)
             if axes is not None:  # Squeeze(x, axes=a) -> Squeeze(x, a): the same axes, as an input

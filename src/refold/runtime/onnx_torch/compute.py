@@ -244,6 +244,16 @@ def _instance_norm(ins, a, opset):
     return [F.instance_norm(ins[0], weight=ins[1], bias=ins[2], eps=a.get("epsilon", 1e-5))]
 
 
+@onnx_op("LRN")
+def _lrn(ins, a, opset):
+    # y = x / (bias + alpha / size * sum of x^2 over channels [c - (size-1)//2, c + ceil((size-1)/2)])^beta
+    x, size = ins[0], a["size"]
+    sq = F.pad((x * x).unsqueeze(1), (0,) * 2 * (x.dim() - 2) + ((size - 1) // 2, size // 2))
+    flat = sq.reshape(sq.shape[0], 1, sq.shape[2], -1)  # [N, 1, C + size - 1, spatial]
+    window = F.avg_pool2d(flat, (size, 1), stride=1).reshape(x.shape) * size
+    return [x / (a.get("bias", 1.0) + a.get("alpha", 1e-4) / size * window) ** a.get("beta", 0.75)]
+
+
 @onnx_op("LayerNormalization")
 def _layer_norm(ins, a, opset):
     x = ins[0]
