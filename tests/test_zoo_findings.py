@@ -147,8 +147,9 @@ def test_torch_runner_keeps_integer_types_and_scatters():
 def test_pads_spelled_out_by_the_torchscript_exporter_do_not_block_pruning(tmp_path):
     """transformers' MobileNetV2 pads TF-style with F.pad; the TorchScript-based exporter writes
     the pads as ConstantOfShape / Concat / Reshape / reversing Slice / Transpose / Cast of
-    constants, and prune declined all 42 groups ('a pad with computed amounts'). raise-to-core
-    now resolves integer vectors computed from constants alone."""
+    constants, and prune declined all 42 groups ('a pad with computed amounts'). Prune now
+    evaluates such pads, and cuts through a pad that leaves the channel axis alone whatever its
+    width."""
     import zoo
 
     m, (x,) = zoo.tiny_hf_model("mobilenetv2")

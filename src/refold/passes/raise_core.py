@@ -15,8 +15,7 @@ from refold.passes.fold_constants import fold_node, replace_with_constants
 
 # Ops that carry a value computed from weights' shapes and dtypes on to the operand it becomes.
 _STATIC_CHAIN = frozenset({"Cast", "CastLike", "Concat", "ConstantOfShape", "Expand", "Gather", "Reshape",
-                           "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "Tile", "Range",
-                           "Transpose"})
+                           "Slice", "Squeeze", "Unsqueeze", "Add", "Sub", "Mul", "Div", "Tile", "Range"})
 _STATIC_BYTES = 1 << 16  # biases and shape vectors; folding weights is fold-constants' job
 
 
@@ -28,9 +27,7 @@ def resolve_static_values(model: Model) -> int:
     x, for its dtype). Made a constant, it lets fuse-conv-bn fold and prune cut that conv.
     ``Shape(W)`` of a constant, ``CastLike(c, x)`` of a typed x and Constant nodes the importer kept
     as nodes (they carry metadata) seed the resolution; ops of ``_STATIC_CHAIN`` whose constant
-    inputs include a resolved value follow (64 KiB cap), as do those that compute an integer vector
-    from constants alone (the TorchScript-based exporter spells F.pad's pads so: ConstantOfShape,
-    Concat, Reshape, a reversing Slice, Transpose, Cast)."""
+    inputs include a resolved value follow (64 KiB cap)."""
     count = 0
     for g in list(model.graph.all_graphs()):
         resolved: set[int] = set()
@@ -62,9 +59,7 @@ def _static_outputs(g: Graph, node: Node, resolved: set[int], opsets: dict[str, 
         return [np.ascontiguousarray(np.transpose(ins[0].const.numpy(), perm))]
     if node.op not in _STATIC_CHAIN or not all(v.const is not None for v in ins):
         return None
-    follows = any(id(v) in resolved for v in ins)
-    integral = all(v.dtype is not None and not v.dtype.is_float for v in node.outputs)
-    if not (follows or integral):  # an integer vector of constants: pads, axes, a shape
+    if not any(id(v) in resolved for v in ins):
         return None
     res = fold_node(node, opsets, _STATIC_BYTES, max_growth=0)
     return None if isinstance(res, str) else res

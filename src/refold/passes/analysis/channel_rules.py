@@ -20,7 +20,7 @@ import numpy as np
 from refold.ir.graph import CORE, Node, Value
 from refold.passes.analysis import channel_pieces as pieces
 from refold.passes.analysis.channel_attention import attention_matmul, axes_of, sdpa
-from refold.passes.analysis.channel_shapes import shape_rule, target_entry
+from refold.passes.analysis.channel_shapes import computed_pads, shape_rule, target_entry
 
 ChannelGraph = Any  # the builder in channels.py, which imports these rules (so not imported here)
 
@@ -149,8 +149,10 @@ def couple(cg: ChannelGraph, n: Node, v: Value, axis) -> str | None:
         rank = len(ins[0].shape)
         if d == "onnx":
             pads = n.attrs.get("pads") or _const_ints(ins[1] if len(ins) > 1 else None)
+            if pads is None and len(ins) > 1:  # computed from constants (and widths elsewhere)
+                pads = computed_pads(cg, ins[1], ins[0], axis)
             if pads is None or len(ins) > 3 and ins[3] is not None:
-                return "a pad with computed amounts or axes (fold-constants first may settle them)"
+                return f"a pad with computed amounts or axes ({ins[1].name if len(ins) > 1 else '?'})"
             padded = {a for a in range(rank) if pads[a] or pads[a + rank]}
         else:
             args = n.attrs.get("args") or []

@@ -26,7 +26,9 @@ _ARITH = {"add": np.add, "sub": np.subtract, "mul": np.multiply,
           "Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 _PASS = {"Cast", "Identity", "CastLike"}
 _KNOWN = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "concat", "Concat", "slice", "reshape", "div", "Div",
-                    *_ARITH, *_PASS})
+                    "ConstantOfShape", "Slice", "Transpose", "Reshape", "Expand", "Tile", "Max",
+                    "Min", "Mod", "Neg", "Abs", "Where", "Equal", "Less", "Greater", "Not", "transpose",
+                    "flatten", *_ARITH, *_PASS})
 _STEPS = (-2, -1, 1, 2, 3)  # how far a width is moved (in whole pieces, for a chunk) to see what follows it
 
 
@@ -100,7 +102,50 @@ def _evaluate_node(cg: ChannelGraph, v: Value, widths: Widths, memo: dict) -> np
         return x[slice(int(starts[0]), int(ends[0]), int(steps[0]))]
     if op == "reshape" and x.ndim <= 1:
         return x.reshape([int(i) for i in ins[1].reshape(-1)])
+    if op in _SMALL.get(n.dialect, ()) and all(i is None or i.size <= 64 for i in ins):
+        return _small_node(cg, n, ins)
     return None
+
+
+# Other ops exporters spell integer vectors with (the TorchScript-based exporter writes F.pad's
+# pads as ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose and Cast)
+_SMALL = {"onnx": frozenset({"ConstantOfShape", "Slice", "Transpose", "Reshape", "Expand", "Tile",
+                             "Max", "Min", "Mod", "Neg", "Abs", "Where", "Equal", "Less", "Greater", "Not"}),
+          CORE: frozenset({"slice", "transpose", "reshape", "flatten"})}
+
+
+def _small_node(cg: ChannelGraph, n: Node, ins: list) -> np.ndarray | None:
+    """One node on small integer tensors: a core op by its reference implementation, an ONNX op in
+    onnx's reference evaluator."""
+    try:
+        if n.dialect == CORE:
+            import torch
+
+            from refold.ir.ops import evaluate as core_evaluate
+
+            out = core_evaluate(n.op, [None if i is None else torch.from_numpy(np.array(i)) for i in ins],
+                                n.attrs, len(n.outputs))[0].numpy()
+        else:
+            from refold.runtime.reference import evaluate_onnx_node, node_model
+
+            feeds = {u.name: np.asarray(i) for u, i in zip(n.inputs, ins) if u is not None}
+            out = evaluate_onnx_node(node_model(n, cg.model.opset_imports, list(ins)), feeds)[0]
+    except Exception:  # not a computation on these values: the caller names the op
+        return None
+    return out if out.size <= 64 else None
+
+
+def computed_pads(cg: ChannelGraph, pads: Value, x: Value, axis) -> list[int] | None:
+    """A Pad's amounts computed at run time, where they do not read the padded tensor's width on
+    ``axis`` (the same with that width moved); None where they cannot be followed."""
+    base = evaluate(cg, pads, {})
+    if base is None or not isinstance(axis, int) or x.shape is None:
+        return None
+    size = (_shape_of(cg, x) or [None] * len(x.shape))[axis]
+    if size is not None and any(not np.array_equal(base, evaluate(cg, pads, {(x.name, axis): size + t}))
+                                for t in (1, 2)):
+        return None
+    return [int(p) for p in np.asarray(base).reshape(-1)]
 
 
 def _moved(cg: ChannelGraph, v: Value, track: tuple[str, int], size: int):
