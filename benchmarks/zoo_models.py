@@ -349,15 +349,21 @@ def ppocr_case(kind: str) -> Case:
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     import zoo
 
-    shape = {"cls": (48, 192), "det": (160, 160), "rec": (48, 320)}[kind]
-    sample = images(shape)
-    if kind == "cls":  # real text crops: the classifier's own input distribution
-        def sample(batch: int, seed: int) -> tuple:
-            import numpy as np
-            import torch
+    def sample(batch: int, seed: int) -> tuple:
+        """Rendered text, normalised as PP-OCR does: crops (cls, rec) or pages (det), so that
+        calibration and the quantized SQNR see the models' own input distribution."""
+        import numpy as np
+        import torch
 
-            crops = zoo.text_crops(batch, seed=seed)
-            return (torch.from_numpy(np.concatenate([zoo.cls_input(c) for c in crops])),)
+        import quantize as q  # benchmarks/quantize.py: text lines and pages drawn with PIL
+
+        if kind == "cls":
+            x = [zoo.cls_input(c) for c in zoo.text_crops(batch, seed=seed)]
+        else:
+            rng = np.random.default_rng(seed)
+            x = [q.det_normalise(q.text_page(rng, 160)) if kind == "det" else q.normalise(q.text_line(rng))
+                 for _ in range(batch)]
+        return (torch.from_numpy(np.concatenate(x)).float(),)
     return Case(f"ppocr/{kind}", "ppocr", sample, onnx_path=zoo.ppocr_path(kind),
                 note="rapidocr's ONNX, real weights")
 
@@ -384,7 +390,9 @@ def light_case(path: str, name: str) -> Case:
     import zoo
 
     m = zoo.random_weights(onnx.load(path))
-    dims = [d.dim_value or 1 for d in m.graph.input[0].type.tensor_type.shape.dim]
+    inits = {t.name for t in m.graph.initializer}  # below IR 4 the weights are graph inputs too
+    data = next(i for i in m.graph.input if i.name not in inits)
+    dims = [d.dim_value or 1 for d in data.type.tensor_type.shape.dim]
     out = os.path.join(tempfile.mkdtemp(prefix="zoo-light-"), f"{name}.onnx")
     onnx.save(m, out)
     return Case(f"onnx-zoo/{name}", "onnx-zoo", images(tuple(dims[2:]), dims[1]), onnx_path=out,
