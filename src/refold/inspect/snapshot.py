@@ -158,11 +158,16 @@ def _port(v: Value, cache: dict[int, str]) -> Port:
                 node_key(p) if p is not None else None)
 
 
+def constant_nodes(g: Graph) -> int:
+    """Constants of ``g`` and its subgraphs that were read from Constant nodes (they are written
+    back as Constant nodes: nodes of the file, though constants in the IR)."""
+    return sum("onnx.constant_node" in v.meta for sub in g.all_graphs() for v in sub.initializers.values())
+
+
 def written_count(g: Graph) -> int:
     """Nodes of an imported graph as its file has them: every node of every graph, and each
-    constant that was read from a Constant node (it is written back as one)."""
-    return sum(len(sub) + sum("onnx.constant_node" in v.meta for v in sub.initializers.values())
-               for sub in g.all_graphs())
+    Constant node (:func:`constant_nodes`)."""
+    return sum(len(sub) for sub in g.all_graphs()) + constant_nodes(g)
 
 
 def take(model: Model | Graph, title: str = "", *, node_count: int | None = None) -> Snapshot:

@@ -4,12 +4,13 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from refold.inspect.snapshot import constant_nodes
 from refold.ir.graph import Model
 
 
 def summarize(m: Model) -> dict[str, Any]:
     ops = Counter(n.qualified_op for n in m.graph.all_nodes())
-    consts = sum("onnx.constant_node" in v.meta for g in m.graph.all_graphs() for v in g.initializers.values())
+    consts = constant_nodes(m.graph)
     if consts:  # weights held in Constant nodes: nodes of the file like any other
         ops["onnx.Constant"] += consts
     return {

@@ -25,10 +25,13 @@ Widths = dict  # (value name, axis) -> the size assumed there instead of the run
 _ARITH = {"add": np.add, "sub": np.subtract, "mul": np.multiply,
           "Add": np.add, "Sub": np.subtract, "Mul": np.multiply}
 _PASS = {"Cast", "Identity", "CastLike"}
+# Other ops exporters spell integer vectors with (the TorchScript-based exporter writes F.pad's
+# pads as ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose and Cast)
+_SMALL = {"onnx": frozenset({"ConstantOfShape", "Slice", "Transpose", "Reshape", "Expand", "Tile",
+                             "Max", "Min", "Mod", "Neg", "Abs", "Where", "Equal", "Less", "Greater", "Not"}),
+          CORE: frozenset({"slice", "transpose", "reshape", "flatten"})}
 _KNOWN = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "concat", "Concat", "slice", "reshape", "div", "Div",
-                    "ConstantOfShape", "Slice", "Transpose", "Reshape", "Expand", "Tile", "Max",
-                    "Min", "Mod", "Neg", "Abs", "Where", "Equal", "Less", "Greater", "Not", "transpose",
-                    "flatten", *_ARITH, *_PASS})
+                    *_ARITH, *_PASS, *_SMALL["onnx"], *_SMALL[CORE]})
 _STEPS = (-2, -1, 1, 2, 3)  # how far a width is moved (in whole pieces, for a chunk) to see what follows it
 
 
@@ -107,13 +110,6 @@ def _evaluate_node(cg: ChannelGraph, v: Value, widths: Widths, memo: dict) -> np
     return None
 
 
-# Other ops exporters spell integer vectors with (the TorchScript-based exporter writes F.pad's
-# pads as ConstantOfShape, Concat, Reshape, a reversing Slice, Transpose and Cast)
-_SMALL = {"onnx": frozenset({"ConstantOfShape", "Slice", "Transpose", "Reshape", "Expand", "Tile",
-                             "Max", "Min", "Mod", "Neg", "Abs", "Where", "Equal", "Less", "Greater", "Not"}),
-          CORE: frozenset({"slice", "transpose", "reshape", "flatten"})}
-
-
 def _small_node(cg: ChannelGraph, n: Node, ins: list) -> np.ndarray | None:
     """One node on small integer tensors: a core op by its reference implementation, an ONNX op in
     onnx's reference evaluator."""
@@ -138,12 +134,11 @@ def _small_node(cg: ChannelGraph, n: Node, ins: list) -> np.ndarray | None:
 def computed_pads(cg: ChannelGraph, pads: Value, x: Value, axis) -> list[int] | None:
     """A Pad's amounts computed at run time, where they do not read the padded tensor's width on
     ``axis`` (the same with that width moved); None where they cannot be followed."""
-    base = evaluate(cg, pads, {})
-    if base is None or not isinstance(axis, int) or x.shape is None:
+    if not isinstance(axis, int) or x.shape is None:
         return None
     size = (_shape_of(cg, x) or [None] * len(x.shape))[axis]
-    if size is not None and any(not np.array_equal(base, evaluate(cg, pads, {(x.name, axis): size + t}))
-                                for t in (1, 2)):
+    base, moved = _moved(cg, pads, (x.name, axis), size) if size is not None else (evaluate(cg, pads, {}), [])
+    if base is None or any(not np.array_equal(base, m) for _, m in moved):
         return None
     return [int(p) for p in np.asarray(base).reshape(-1)]
 
